@@ -1,0 +1,39 @@
+# Single entry point. `make book` builds the book on the embedded default on a
+# fresh machine (virtual environment, install, organism training, notebooks,
+# book); `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build found locally on the project's machines; on a GPU machine install the
+# torch build that fits it first (or set TORCH_SPEC=torch).
+TORCH_SPEC ?= torch==2.13.0
+CONFIG ?= default
+STAMP := $(VENV)/.triphase-installed
+
+.PHONY: book test test-fast install run build clean-book bench
+
+book: $(STAMP)
+	$(PY) -m triphase.cli run $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow and not browser"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+build: $(STAMP)
+	$(PY) -m triphase.cli build
+
+clean-book:
+	rm -rf _build book/executed
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

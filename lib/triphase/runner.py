@@ -1,0 +1,310 @@
+"""The runner: execute the source notebooks with papermill, then build the book.
+
+Each source notebook in ``notebooks/`` runs once per configured series (and, for
+brain-data notebooks, per dataset subject); executed copies land in the book tree
+(``book/executed/...``), which ``_toc.yml`` picks up by glob. The book build
+itself never executes notebooks (``execute_notebooks: off``).
+
+* Unknown notebook parameters are an error listing the valid names (papermill
+  itself only warns).
+* Parameters pass as real Python/YAML values (lists stay lists).
+* The kernel is this environment's own: a kernelspec ``triphase`` pointing at
+  ``sys.executable`` is installed into ``sys.prefix`` when missing, so a virtual
+  environment never silently runs another Python.
+* A failing notebook raises :class:`NotebookFailed` naming the notebook and the
+  cell's error; its executed copy is kept under ``<data home>/failed/`` and
+  nothing half-written reaches the book.
+* A notebook whose inputs (source, parameters, library code, checkpoints,
+  upstream tables) did not change is not re-executed; ``force`` re-runs it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ._home import data_home
+from ._io import atomic_path, stable_hash
+
+KERNEL_NAME = "triphase"
+#: which loop a notebook runs in: once per series, per (series, subject), or once overall
+NOTEBOOK_SCOPE = {"00_organism": "series", "04_phases": "synthesis"}
+DEFAULT_SCOPE = "subject"
+SYNTHESIS_FOLDER = "synthesis"
+RESULT_TABLES = ("brain.parquet", "internal.parquet", "tasks.parquet")
+METADATA_KEY = "triphase"
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook raised while papermill executed it."""
+
+
+@dataclass
+class RunReport:
+    executed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    seconds: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        parts = [f"{k}: {v:.1f} s" for k, v in self.seconds.items()]
+        return (f"executed {len(self.executed)} notebook(s), reused {len(self.skipped)} unchanged; "
+                + ", ".join(parts))
+
+
+def book_root() -> Path:
+    """The repository root holding ``_toc.yml`` (``$TRIPHASE_BOOK_ROOT``, the
+    checkout this package was installed from, or the nearest parent of cwd)."""
+    env = os.environ.get("TRIPHASE_BOOK_ROOT")
+    candidates = [Path(env)] if env else []
+    candidates.append(Path(__file__).resolve().parents[2])
+    cwd = Path.cwd().resolve()
+    candidates.extend([cwd, *cwd.parents])
+    for candidate in candidates:
+        if (candidate / "_toc.yml").exists() and (candidate / "notebooks").is_dir():
+            return candidate
+    raise FileNotFoundError("cannot find the book root (a folder with _toc.yml and notebooks/); "
+                            "run from the repository or set TRIPHASE_BOOK_ROOT")
+
+
+def source_notebooks(root: Path | None = None) -> list[str]:
+    """Stems of the source notebooks, in order (``00_organism``, ...)."""
+    root = root or book_root()
+    return sorted(p.stem for p in (root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_parameters(name: str, root: Path | None = None) -> dict:
+    """The parameters a source notebook declares: ``{name: default as written}``."""
+    import papermill
+
+    path = (root or book_root()) / "notebooks" / f"{name}.ipynb"
+    declared = papermill.inspect_notebook(str(path))
+    if not declared:
+        raise ValueError(f"{path}: no cell tagged 'parameters'")
+    return {k: v.get("default") for k, v in declared.items()}
+
+
+def ensure_kernel() -> str:
+    """Install (if needed) a kernelspec named ``triphase`` running this Python."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    manager = KernelSpecManager()
+    try:
+        spec = manager.get_kernel_spec(KERNEL_NAME)
+        if Path(spec.argv[0]).resolve() == Path(sys.executable).resolve():
+            return KERNEL_NAME
+    except NoSuchKernel:
+        pass
+    subprocess.run(
+        [sys.executable, "-m", "ipykernel", "install", "--sys-prefix", "--name", KERNEL_NAME,
+         "--display-name", "Python (triphase)"],
+        check=True, capture_output=True,
+    )
+    return KERNEL_NAME
+
+
+def _library_hash() -> str:
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*")):
+        if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
+            digest.update(path.relative_to(package).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.exists() else "absent"
+
+
+def execute_notebook(name: str, parameters: dict, output: Path, force: bool = False,
+                     root: Path | None = None, extra_inputs: dict | None = None, title_suffix: str = "",
+                     progress: bool = True) -> bool:
+    """Execute one source notebook into ``output`` (atomically); return True if it ran.
+
+    Raises
+    ------
+    ValueError
+        For parameters the notebook does not declare (the message lists the valid ones).
+    NotebookFailed
+        When a cell raises; the executed copy is kept under ``<data home>/failed/``.
+    """
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    root = root or book_root()
+    source = root / "notebooks" / f"{name}.ipynb"
+    if not source.exists():
+        raise FileNotFoundError(f"no source notebook {source}; available: {', '.join(source_notebooks(root))}")
+    declared = notebook_parameters(name, root)
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(f"notebook {name}: unknown parameter(s) {', '.join(unknown)}; "
+                         f"valid: {', '.join(sorted(declared))}")
+    key = stable_hash({
+        "source": _file_hash(source), "parameters": parameters, "library": _library_hash(),
+        "inputs": extra_inputs or {},
+    })
+    output = Path(output)
+    if output.exists() and not force:
+        previous = nbformat.read(output, as_version=4).metadata.get(METADATA_KEY, {})
+        if previous.get("input_key") == key:
+            return False
+    kernel = ensure_kernel()
+    failed = data_home() / "failed" / output.relative_to(root).with_suffix("").as_posix().replace("/", "__")
+    failed = failed.with_suffix(".ipynb")
+    scratch = data_home() / "runs" / f".{output.stem}.{os.getpid()}.ipynb"
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        papermill.execute_notebook(
+            str(source), str(scratch), parameters=parameters, kernel_name=kernel,
+            cwd=str(root / "notebooks"), progress_bar=progress, report_mode=False,
+        )
+    except PapermillExecutionError as exc:
+        failed.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(scratch, failed)
+        raise NotebookFailed(
+            f"notebook {name} ({title_suffix or 'no label'}) failed in cell {exc.exec_count}: "
+            f"{exc.ename}: {exc.evalue}\nexecuted copy kept for debugging: {failed}"
+        ) from None
+    except BaseException:
+        scratch.unlink(missing_ok=True)
+        raise
+    notebook = nbformat.read(scratch, as_version=4)
+    notebook.metadata[METADATA_KEY] = {
+        "input_key": key, "parameters": parameters, "seconds": round(time.perf_counter() - started, 1),
+    }
+    _retitle(notebook, title_suffix)
+    with atomic_path(output) as tmp:
+        nbformat.write(notebook, tmp)
+    scratch.unlink(missing_ok=True)
+    return True
+
+
+def _retitle(notebook, suffix: str) -> None:
+    """Append the run label (series, subject) to the notebook's first heading."""
+    if not suffix:
+        return
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown" and cell.source.lstrip().startswith("# "):
+            first, _, rest = cell.source.lstrip().partition("\n")
+            cell.source = f"{first} ({suffix})\n{rest}"
+            return
+
+
+def _series_inputs(series_spec) -> dict:
+    from .series import get_series
+
+    series = get_series(series_spec)
+    return {"series": series.name, "checkpoints": [c.name for c in series.checkpoints],
+            "info": {k: v for k, v in series.info.items() if k in ("config_hash", "repo", "tokens_per_step")}}
+
+
+def prepare_series(series_spec, progress: bool = True) -> None:
+    """Make a series usable: train an organism series that is not trained yet."""
+    from .series import load_presets
+
+    if isinstance(series_spec, str):
+        spec = load_presets().get(series_spec, {})
+        if spec.get("loader") == "organism":
+            from .organism import train_organism
+
+            train_organism(spec.get("config", "default"), progress=progress)
+
+
+def run(config="default", force=(), build: bool = True, root: Path | None = None,
+        progress: bool = True) -> RunReport:
+    """Run a configuration end to end: train what is missing, execute notebooks, build.
+
+    Parameters
+    ----------
+    config : str, path or dict
+        A run preset name (``default``, ``tiny``), a YAML path or a dict.
+    force : iterable of str
+        Notebook names to re-execute even if their inputs did not change
+        (``"all"`` for every one).
+    build : bool
+        Build the book afterwards.
+    """
+    from .config import load_run_config
+
+    root = root or book_root()
+    cfg = load_run_config(config)
+    report = RunReport()
+    force = set([force] if isinstance(force, str) else force)
+    t0 = time.perf_counter()
+    for series in cfg.series:
+        prepare_series(series, progress=progress)
+    report.seconds["train"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out_root = root / cfg.output
+    for name in cfg.notebooks:
+        scope = NOTEBOOK_SCOPE.get(name, DEFAULT_SCOPE)
+        declared = notebook_parameters(name, root)
+        user = cfg.notebook_parameters(name)
+        for job in _jobs(cfg, scope):
+            base = {k: v for k, v in job["parameters"].items() if k in declared}
+            params = {**base, **user}
+            ran = execute_notebook(
+                name, params, out_root / job["folder"] / f"{name}.ipynb",
+                force=bool({name, "all"} & force), root=root, extra_inputs=job["inputs"],
+                title_suffix=job["label"], progress=progress,
+            )
+            (report.executed if ran else report.skipped).append(f"{job['folder']}/{name}")
+    report.seconds["execute"] = time.perf_counter() - t0
+    if build:
+        t0 = time.perf_counter()
+        build_book(root)
+        report.seconds["build"] = time.perf_counter() - t0
+    return report
+
+
+def _jobs(cfg, scope: str) -> list[dict]:
+    from ._home import results_dir
+
+    common = {"checkpoints": cfg.checkpoints, "device": cfg.device, "seed": cfg.seed,
+              "dataset": cfg.dataset, "dataset_options": cfg.dataset_options}
+    if scope == "synthesis":
+        tables = {}
+        for series in cfg.series_names():
+            for subject in cfg.subjects:
+                folder = results_dir(series, cfg.dataset, subject, create=False)
+                tables.update({f"{series}/{subject}/{t}": _file_hash(folder / t) for t in RESULT_TABLES})
+        return [{"folder": SYNTHESIS_FOLDER, "label": "all models",
+                 "parameters": {**common, "series": cfg.series_names(), "subjects": list(cfg.subjects)},
+                 "inputs": tables}]
+    jobs = []
+    for series_spec in cfg.series:
+        inputs = _series_inputs(series_spec)
+        name = inputs["series"]
+        series_param = name if isinstance(series_spec, str) else series_spec
+        if scope == "series":
+            jobs.append({"folder": name, "label": name, "inputs": inputs,
+                         "parameters": {**common, "series": series_param}})
+            continue
+        for subject in cfg.subjects:
+            jobs.append({"folder": f"{name}/{cfg.dataset}-{subject}", "label": f"{name}, {cfg.dataset} {subject}",
+                         "inputs": inputs, "parameters": {**common, "series": series_param, "subject": subject}})
+    return jobs
+
+
+def build_book(root: Path | None = None) -> Path:
+    """Build the Jupyter Book (HTML, no execution) and return ``_build/html``."""
+    root = root or book_root()
+    exe = Path(sys.executable).parent / "jupyter-book"
+    command = [str(exe) if exe.exists() else "jupyter-book", "build", str(root)]
+    result = subprocess.run(command, cwd=root, capture_output=True, text=True)
+    if result.returncode != 0:
+        tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])
+        raise RuntimeError(f"jupyter-book build failed (exit {result.returncode}):\n{tail}")
+    html = root / "_build" / "html"
+    if not (html / "index.html").exists():
+        raise RuntimeError(f"jupyter-book build finished but {html / 'index.html'} is missing")
+    return html

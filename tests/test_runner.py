@@ -1,0 +1,81 @@
+"""The runner: papermill execution into the book tree, caching, failures, the book build."""
+import shutil
+
+import nbformat
+import pytest
+
+from triphase.runner import NotebookFailed, execute_notebook, notebook_parameters, run
+from conftest import REPO_ROOT
+
+BOOK_FILES = ("_config.yml", "_toc.yml")
+BOOK_DIRS = ("book", "notebooks")
+
+
+@pytest.fixture
+def book_copy(tmp_path, monkeypatch):
+    """A copy of the book sources, so tests never write into the checkout's book."""
+    root = tmp_path / "bookroot"
+    root.mkdir()
+    for name in BOOK_FILES:
+        shutil.copy(REPO_ROOT / name, root / name)
+    for name in BOOK_DIRS:
+        shutil.copytree(REPO_ROOT / name, root / name, ignore=shutil.ignore_patterns("executed", "_build"))
+    monkeypatch.setenv("TRIPHASE_BOOK_ROOT", str(root))
+    return root
+
+
+def _outputs(nb):
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]
+
+
+def test_every_source_notebook_is_parameterised_and_clean():
+    for path in sorted((REPO_ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, f"{path.name}: needs exactly one cell tagged 'parameters'"
+        assert not _outputs(nb), f"{path.name}: source notebooks must not store outputs"
+        assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
+        params = notebook_parameters(path.stem, REPO_ROOT)
+        assert {"series", "seed", "device"} <= set(params), f"{path.name}: base parameters missing"
+
+
+def test_unknown_parameter_is_an_error_listing_valid_names(book_copy):
+    with pytest.raises(ValueError, match=r"unknown parameter\(s\) promt; valid: .*prompt"):
+        execute_notebook("00_organism", {"promt": "x"}, book_copy / "out.ipynb", root=book_copy)
+
+
+@pytest.mark.slow
+def test_run_executes_once_then_reuses_and_force_reruns(tiny_organism, book_copy):
+    config = {"series": ["organism-tiny"], "checkpoints": ["step0", "step20", "step60"],
+              "notebooks": ["00_organism"], "device": "cpu",
+              "parameters": {"00_organism": {"max_new_tokens": 5, "n_sample_checkpoints": 2}}}
+    report = run(config, root=book_copy, build=False, progress=False)
+    assert report.executed == ["organism-tiny/00_organism"]
+    out = book_copy / "book" / "executed" / "organism-tiny" / "00_organism.ipynb"
+    nb = nbformat.read(out, as_version=4)
+    # the list parameter arrived as a list, not a string
+    assert nb.metadata["triphase"]["parameters"]["checkpoints"] == ["step0", "step20", "step60"]
+    text = "".join(o.get("text", "") for o in _outputs(nb))
+    assert "9 checkpoints, 3 chosen" in text
+    assert any("image/png" in o.get("data", {}) for o in _outputs(nb)), "training curve figure missing"
+    assert nb.cells[0].source.startswith("# The model organism (organism-tiny)")
+    again = run(config, root=book_copy, build=False, progress=False)
+    assert again.executed == [] and again.skipped == ["organism-tiny/00_organism"]
+    forced = run(config, root=book_copy, build=False, progress=False, force=["00_organism"])
+    assert forced.executed == ["organism-tiny/00_organism"]
+
+
+@pytest.mark.slow
+def test_failing_notebook_names_cell_keeps_copy_and_writes_nothing(book_copy, session_home):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Fails"),
+                nbformat.v4.new_code_cell("series = 'x'\nseed = 0\ndevice = 'cpu'", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("raise ValueError('boom in cell')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, book_copy / "notebooks" / "98_fails.ipynb")
+    out = book_copy / "book" / "executed" / "x" / "98_fails.ipynb"
+    with pytest.raises(NotebookFailed, match=r"notebook 98_fails .*ValueError: boom in cell") as err:
+        execute_notebook("98_fails", {"series": "x"}, out, root=book_copy, progress=False)
+    kept = str(err.value).rsplit("executed copy kept for debugging: ", 1)[1].strip()
+    assert nbformat.read(kept, as_version=4).cells[-1].outputs[0]["ename"] == "ValueError"
+    assert not out.exists() and not out.parent.exists() or not any(out.parent.iterdir())
