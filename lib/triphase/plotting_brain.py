@@ -1,0 +1,185 @@
+"""Figures of brain alignment: score curves, layer x checkpoint maps, glass brains, ceilings.
+
+Every figure carries the tier that produced it (:func:`triphase.plotting.tier_label`).
+
+Examples
+--------
+>>> import pandas as pd
+>>> t = pd.DataFrame({"checkpoint": ["step0", "step1"], "step": [0, 1], "tokens_seen": [0, 10],
+...                   "layer": 1, "region": "all", "features": "model", "tier": "embedded",
+...                   "score_mean": [0.01, 0.05], "cv_score_mean": [0.01, 0.05],
+...                   "ci_low": [0.0, 0.04], "ci_high": [0.02, 0.06]})
+>>> ax = plot_brain_score(t)
+>>> ax.get_xscale()
+'log'
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .brain import MODEL_FEATURES, best_layers
+from .encoding import ALL_REGIONS
+from .plotting import tier_label
+
+#: Where step0 (zero tokens) is drawn on a log axis: this fraction of the first positive tokens_seen.
+STEP0_POSITION = 0.5
+CONTROL_MARKERS = {"shuffled-stories": "s", "random": "D", "random-words": "^"}
+
+
+def _tier(table: pd.DataFrame) -> str:
+    tiers = sorted(set(table["tier"])) if "tier" in table else ["embedded"]
+    return tiers[0] if len(tiers) == 1 else "real"
+
+
+def log_positions(tokens: np.ndarray) -> np.ndarray:
+    """x positions on a log axis: step0 (0 tokens) at half the first positive value.
+
+    Examples
+    --------
+    >>> log_positions(np.array([0, 100, 1000])).tolist()
+    [50.0, 100.0, 1000.0]
+    """
+    tokens = np.asarray(tokens, dtype=float)
+    positive = tokens[tokens > 0]
+    floor = positive.min() * STEP0_POSITION if positive.size else 1.0
+    return np.where(tokens > 0, tokens, floor)
+
+
+def plot_brain_score(table: pd.DataFrame, region: str = ALL_REGIONS, score: str = "score_mean",
+                     by: str = "cv_score_mean", layer: int | None = None, controls: bool = True, ax=None,
+                     label: str | None = None):
+    """Brain score against tokens seen (log x) for the best layer, with its bootstrap CI and controls.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``brain.parquet`` rows.
+    region : str
+        ``"all"`` (whole brain) or a region label.
+    score : str
+        Column plotted (``score_mean``, ``score_top10``, ``score_ceiling_normalised``).
+    by : str
+        Column that picks the layer per checkpoint (training CV score by default), if ``layer`` is None.
+    layer : int, optional
+        A fixed layer instead of the best one per checkpoint.
+    controls : bool
+        Draw the control rows (final checkpoint) as markers right of the curve.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    model_rows = table[(table["region"] == region) & (table["features"] == MODEL_FEATURES)]
+    if layer is None:
+        curve = best_layers(table, by=by, region=region)
+        desc = f"best layer per checkpoint (by {by})"
+    else:
+        curve = model_rows[model_rows["layer"] == layer].sort_values("step")
+        desc = f"layer {layer}"
+    x = log_positions(curve["tokens_seen"].to_numpy())
+    ax.plot(x, curve[score], "o-", ms=4, label=label or f"model, {desc}")
+    if score == "score_mean" and {"ci_low", "ci_high"} <= set(curve):
+        ax.fill_between(x, curve["ci_low"], curve["ci_high"], alpha=0.25, lw=0, label="95% bootstrap CI")
+    if (curve["tokens_seen"] == 0).any():
+        ax.annotate("step0", (x[curve["tokens_seen"].to_numpy() == 0][0], curve[score].iloc[0]),
+                    textcoords="offset points", xytext=(4, 6), fontsize=8)
+    if controls:
+        ctrl = table[(table["region"] == region) & (table["features"] != MODEL_FEATURES)]
+        x_right = x.max() * 1.6 if len(x) else 1.0
+        for i, (kind, rows) in enumerate(ctrl.groupby("features")):
+            # Same layer choice as the curve at the final checkpoint where possible.
+            final_layer = curve["layer"].iloc[-1] if len(curve) else rows["layer"].iloc[0]
+            row = rows[rows["layer"] == final_layer]
+            row = row.iloc[0] if len(row) else rows.iloc[0]
+            xi = x_right * (1.35 ** i)
+            yerr = None
+            if score == "score_mean":
+                yerr = [[row[score] - row["ci_low"]], [row["ci_high"] - row[score]]]
+            ax.errorbar([xi], [row[score]], yerr=yerr, fmt=CONTROL_MARKERS.get(kind, "x"), color="0.4",
+                        ms=5, capsize=2, label=f"control: {kind} (final ckpt, layer {int(row['layer'])})")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens seen (step0 drawn at the left edge)")
+    ax.set_ylabel(f"{score} ({region})")
+    ax.set_title(f"Brain score through training\n{tier_label(_tier(table))}", fontsize=10)
+    ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def plot_layer_heatmap(table: pd.DataFrame, score: str = "score_mean", region: str = ALL_REGIONS, ax=None,
+                       cmap: str = "viridis"):
+    """Layer x checkpoint map of a score (model features, one region)."""
+    import matplotlib.pyplot as plt
+
+    rows = table[(table["region"] == region) & (table["features"] == MODEL_FEATURES)]
+    grid = rows.pivot_table(index="layer", columns="step", values=score, aggfunc="mean").sort_index(ascending=False)
+    names = rows.drop_duplicates("step").set_index("step")["checkpoint"]
+    if ax is None:
+        _, ax = plt.subplots(figsize=(min(14, 1.5 + 0.4 * grid.shape[1]), 1.2 + 0.45 * grid.shape[0]))
+    image = ax.imshow(grid.to_numpy(), aspect="auto", cmap=cmap, interpolation="nearest")
+    ax.set_xticks(range(grid.shape[1]))
+    ax.set_xticklabels([names[s] for s in grid.columns], rotation=70, fontsize=7)
+    ax.set_yticks(range(grid.shape[0]))
+    ax.set_yticklabels([("emb" if layer == 0 else str(layer)) for layer in grid.index], fontsize=8)
+    ax.set_xlabel("checkpoint")
+    ax.set_ylabel("layer (0 = embeddings)")
+    ax.figure.colorbar(image, ax=ax, label=f"{score} ({region})")
+    ax.set_title(f"{score} by layer and checkpoint\n{tier_label(_tier(table))}", fontsize=10)
+    return ax
+
+
+def plot_glass_brain_maps(maps: dict[str, np.ndarray], mask_img, tier: str = "embedded", vmax: float | None = None,
+                          threshold: float | None = None, figure=None):
+    """Glass-brain maps of voxelwise r, one row per entry of ``maps`` (label -> r per mask voxel).
+
+    Uses :func:`nilearn.masking.unmask` to put the r vector back into the
+    mask's 3-D grid and :func:`nilearn.plotting.plot_glass_brain`
+    (``plot_abs=False``: negative r shown in blue). NaN r (excluded voxels) are drawn as 0.
+    """
+    import matplotlib.pyplot as plt
+    from nilearn.masking import unmask
+    from nilearn.plotting import plot_glass_brain
+
+    if mask_img is None:
+        raise ValueError("this dataset has no voxel space (mask image): glass-brain maps need one")
+    arrays = {k: np.nan_to_num(np.asarray(v, dtype=float)) for k, v in maps.items()}
+    if vmax is None:
+        vmax = max(float(np.percentile(np.abs(a), 99.5)) for a in arrays.values()) or 1.0
+    fig = figure or plt.figure(figsize=(10, 3.0 * len(arrays)))
+    for i, (label, r) in enumerate(arrays.items()):
+        axes = fig.add_axes([0.0, 1.0 - (i + 1) / len(arrays), 1.0, 1.0 / len(arrays)])
+        plot_glass_brain(unmask(r.astype(np.float32), mask_img), display_mode="lzr", plot_abs=False,
+                         colorbar=True, vmax=vmax, vmin=-vmax, threshold=threshold, cmap="RdBu_r",
+                         title=label, axes=axes, figure=fig)
+    fig.text(0.995, 0.0, tier_label(tier), ha="right", va="bottom", fontsize=8, color="0.35")
+    return fig
+
+
+def plot_ceiling_vs_truth(estimated: np.ndarray, true: np.ndarray, regions: np.ndarray | None = None,
+                          quantity: str = "explainable variance", ax=None, tier: str = "embedded"):
+    """Estimated (from repeats) against true per-voxel explainable variance (simulated participant)."""
+    import matplotlib.pyplot as plt
+
+    estimated, true = np.asarray(estimated, float), np.asarray(true, float)
+    if estimated.shape != true.shape:
+        raise ValueError(f"estimated has shape {estimated.shape} but true has {true.shape}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, 5))
+    ok = np.isfinite(estimated) & np.isfinite(true)
+    if regions is None:
+        ax.scatter(true[ok], estimated[ok], s=4, alpha=0.4)
+    else:
+        regions = np.asarray(regions).astype(str)
+        for label in sorted(set(regions[ok]), key=lambda s: (s == "none", s)):
+            sel = ok & (regions == label)
+            ax.scatter(true[sel], estimated[sel], s=4, alpha=0.3 if label == "none" else 0.6, label=label,
+                       color="0.7" if label == "none" else None)
+        ax.legend(frameon=False, fontsize=7, markerscale=3)
+    top = float(max(true[ok].max(), estimated[ok].max())) if ok.any() else 1.0
+    ax.plot([0, top], [0, top], color="k", lw=0.8, ls="--", label="identity")
+    r = np.corrcoef(true[ok], estimated[ok])[0, 1] if ok.sum() > 2 else float("nan")
+    ax.set_xlabel(f"true {quantity}")
+    ax.set_ylabel(f"estimated {quantity} (from repeats)")
+    ax.set_title(f"Noise ceiling vs ground truth, r = {r:.2f}\n({tier_label(tier)})", fontsize=9)
+    return ax
