@@ -76,21 +76,10 @@ def _organism_loader(name: str, spec: dict) -> CheckpointSeries:
 
 
 def _hub_loader(name: str, spec: dict) -> CheckpointSeries:
-    for key in ("repo", "revisions", "tokens_per_step"):
-        if key not in spec:
-            raise ValueError(f"series {name!r}: hub series need the field {key!r}")
-    revisions = spec["revisions"]
-    if not isinstance(revisions, list) or not revisions:
-        raise ValueError(f"series {name!r}: field 'revisions' must be a non-empty list of revision names")
-    checkpoints = []
-    for rev in revisions:
-        match = _STEP_IN_REVISION.search(str(rev))
-        if match is None:
-            raise ValueError(f"series {name!r}: cannot read a step number from revision {rev!r}")
-        step = int(match.group(1))
-        checkpoints.append(
-            Checkpoint(name, str(rev), step, step * int(spec["tokens_per_step"]), spec["repo"], str(rev), "real")
-        )
+    # Revision lists may be explicit, generated from a pattern or read online: see triphase.hub.
+    from .hub import build_hub_checkpoints
+
+    checkpoints = build_hub_checkpoints(name, spec)
     return CheckpointSeries(name, "real", checkpoints, spec.get("description", ""), dict(spec))
 
 

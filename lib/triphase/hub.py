@@ -1,0 +1,648 @@
+"""Hugging Face hub checkpoint series: revisions, the local cache, identity and integrity.
+
+The real tier loads public checkpoints by revision
+(``from_pretrained(repo, revision="step1000")``). This module holds what that
+needs besides the call itself:
+
+* **revision lists** of the presets in ``presets/series.yaml``: explicit lists,
+  *patterns* generated here (Pythia's ``step0, step1, 2, 4, ..., 512,
+  step1000 ... step143000``; Amber's ``ckpt_000 ... ckpt_359``), or lists that
+  can only be read online with ``huggingface_hub.list_repo_refs`` (OLMo,
+  LLM-jp), cached in the data home once read (:func:`expand_revisions`);
+* the **local cache**, laid out by the hub as
+  ``<HF_HOME>/hub/models--<org>--<name>/refs/<revision>`` (a commit hash) and
+  ``snapshots/<commit>/`` (the files). ``HF_HOME``, ``HF_HUB_CACHE`` and
+  ``HF_HUB_OFFLINE`` are read when a function is called, not at import
+  (:func:`hub_cache_dir`, :func:`is_offline`). Offline and missing: a
+  :class:`CheckpointMissingError` names the repo, the revision and the command
+  that fetches it (:func:`ensure_available`);
+* **identity and integrity**: public checkpoint branches are known to be
+  missing or to serve the wrong weights (Pythia's tracker reports step0 equal
+  to step1 and branches serving final-era weights). Every loaded checkpoint
+  gets its resolved commit and a cheap weight fingerprint
+  (:func:`checkpoint_identity`); :func:`integrity_flags` flags consecutive
+  identical fingerprints and any checkpoint identical to the final one;
+  :func:`iter_loaded` loads a sweep one checkpoint at a time and reports a
+  missing branch by name instead of stopping.
+
+Examples
+--------
+>>> revs = expand_revisions("demo", {"template": "step{step}", "steps": [0, 1, 2], "range": [1000, 3000, 1000]})
+>>> [(r.name, r.step) for r in revs]
+[('step0', 0), ('step1', 1), ('step2', 2), ('step1000', 1000), ('step2000', 2000), ('step3000', 3000)]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+#: Environment values that switch a flag on (as huggingface_hub reads them).
+_TRUE_VALUES = {"1", "on", "yes", "true", "y"}
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+#: Weight files a checkpoint folder must hold (one of).
+WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+#: Files fetched for a checkpoint: configuration, tokenizer and safetensors weights.
+FETCH_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*")
+#: Fallback when a revision has no safetensors (older branches hold PyTorch pickles only).
+FETCH_PATTERNS_BIN = ("*.bin",)
+#: Tensors sampled for a fingerprint and values sampled per tensor (cheap for 7B models).
+FINGERPRINT_TENSORS = 6
+FINGERPRINT_VALUES = 4096
+#: Default regex that reads a step number from a revision name.
+DEFAULT_STEP_REGEX = r"step[_-]?(?P<step>\d+)|(?P<trailing>\d+)$"
+
+
+# --------------------------------------------------------------------------- environment
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE_VALUES
+
+
+def is_offline() -> bool:
+    """True when ``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) is set, read at call time."""
+    return _flag("HF_HUB_OFFLINE") or _flag("TRANSFORMERS_OFFLINE")
+
+
+def hub_cache_dir() -> Path:
+    """The hub cache folder: ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``.
+
+    Examples
+    --------
+    >>> hub_cache_dir().name == "hub" or "HF_HUB_CACHE" in os.environ
+    True
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "huggingface" / "hub"
+
+
+def repo_folder(repo_id: str, cache_dir=None) -> Path:
+    """``<cache>/models--<org>--<name>`` for a model repo id ``org/name``."""
+    if not repo_id or repo_id.count("/") > 1:
+        raise ValueError(f"repo id {repo_id!r} is not of the form 'org/name'")
+    return Path(cache_dir or hub_cache_dir()) / ("models--" + repo_id.replace("/", "--"))
+
+
+def is_hub_checkpoint(checkpoint) -> bool:
+    """True for a hub repo + revision, False for a local folder (e.g. the organism)."""
+    return bool(checkpoint.revision) and not Path(str(checkpoint.source)).exists()
+
+
+def hub_load_kwargs(checkpoint) -> dict:
+    """Keyword arguments for ``from_pretrained`` (model *and* tokenizer) honouring the environment now.
+
+    ``revision``, plus for hub checkpoints ``cache_dir`` (from ``HF_HOME``/``HF_HUB_CACHE``
+    read at call time) and ``local_files_only`` when ``HF_HUB_OFFLINE`` is set.
+    Local folders get ``{}`` (or only the revision if one is set).
+    """
+    extra = {"revision": checkpoint.revision} if checkpoint.revision else {}
+    if is_hub_checkpoint(checkpoint):
+        extra["cache_dir"] = str(hub_cache_dir())
+        if is_offline():
+            extra["local_files_only"] = True
+    return extra
+
+
+# --------------------------------------------------------------------------- the local cache
+def cached_commit(repo_id: str, revision: str, cache_dir=None) -> str | None:
+    """Commit hash a revision resolves to in the local cache (``refs/<revision>``), or None."""
+    folder = repo_folder(repo_id, cache_dir)
+    if _COMMIT.match(revision or ""):
+        return revision if (folder / "snapshots" / revision).is_dir() else None
+    ref = folder / "refs" / (revision or "main")
+    if not ref.is_file():
+        return None
+    commit = ref.read_text().strip()
+    if not _COMMIT.match(commit):
+        raise ValueError(f"{ref} holds {commit!r}, not a 40-character commit hash: the hub cache is damaged")
+    return commit
+
+
+def cached_snapshot(repo_id: str, revision: str, cache_dir=None) -> Path | None:
+    """The snapshot folder of a cached revision holding a config and weights, or None."""
+    commit = cached_commit(repo_id, revision, cache_dir)
+    if commit is None:
+        return None
+    folder = repo_folder(repo_id, cache_dir) / "snapshots" / commit
+    if not (folder / "config.json").exists():
+        return None
+    if not any(next(folder.glob(p), None) is not None for p in WEIGHT_PATTERNS):
+        return None
+    return folder
+
+
+class CheckpointMissingError(FileNotFoundError):
+    """A hub checkpoint is not in the local cache and the hub cannot be reached (offline)."""
+
+    def __init__(self, repo_id: str, revision: str, series: str | None = None, cache_dir=None):
+        self.repo_id, self.revision, self.series = repo_id, revision, series
+        cache = Path(cache_dir or hub_cache_dir())
+        super().__init__(
+            f"checkpoint {repo_id}@{revision} is not in the local Hugging Face cache {cache} and "
+            f"HF_HUB_OFFLINE is set. Fetch it on a machine with internet: "
+            f"`{fetch_command(series or repo_id, [revision])}` (or `huggingface-cli download {repo_id} "
+            f"--revision {revision}`), then copy {repo_folder(repo_id, cache).name}/ into {cache} "
+            f"(or point HF_HOME at the cache that holds it)."
+        )
+
+
+def fetch_command(series: str, revisions: Sequence[str] | None = None) -> str:
+    """The ``triphase fetch model`` command line that downloads these revisions."""
+    command = f"triphase fetch model {series}"
+    if revisions:
+        command += " --checkpoints " + " ".join(revisions)
+    return command
+
+
+def ensure_available(checkpoint) -> None:
+    """Raise :class:`CheckpointMissingError` when offline and a hub checkpoint is not cached.
+
+    Local folders and online sessions pass (online, ``from_pretrained`` downloads).
+    """
+    if not is_hub_checkpoint(checkpoint) or not is_offline():
+        return
+    if cached_snapshot(checkpoint.source, checkpoint.revision) is None:
+        raise CheckpointMissingError(checkpoint.source, checkpoint.revision, checkpoint.series)
+
+
+def resolve_commit(repo_id: str, revision: str, cache_dir=None, online: bool | None = None) -> str | None:
+    """Commit hash of ``repo_id@revision``: from the cache's refs, else (online) from the hub API.
+
+    Returns None when it cannot be known (offline and not cached).
+    """
+    commit = cached_commit(repo_id, revision, cache_dir)
+    if commit is not None:
+        return commit
+    if online is None:
+        online = not is_offline()
+    if not online:
+        return None
+    from huggingface_hub import HfApi
+
+    return HfApi().model_info(repo_id, revision=revision).sha
+
+
+# --------------------------------------------------------------------------- revisions
+class Revision(NamedTuple):
+    """One revision of a series with its optimiser step."""
+
+    name: str
+    step: int
+
+
+def step_from_revision(revision: str, regex: str | None = None) -> int:
+    """Optimiser step encoded in a revision name.
+
+    ``regex`` needs a group named ``step`` (or one group); the default reads
+    ``step1000``/``step-1000`` anywhere, else trailing digits (``ckpt_100``).
+
+    Examples
+    --------
+    >>> step_from_revision("stage1-step1000-tokens5B"), step_from_revision("ckpt_042")
+    (1000, 42)
+    """
+    match = re.search(regex or DEFAULT_STEP_REGEX, str(revision))
+    if match is None:
+        raise ValueError(f"cannot read a step number from revision {revision!r} (pattern {regex or DEFAULT_STEP_REGEX!r})")
+    groups = {k: v for k, v in match.groupdict().items() if v is not None}
+    value = groups.get("step") or groups.get("trailing") or (match.group(1) if match.groups() else None)
+    if value is None:
+        raise ValueError(f"pattern {regex!r} matched {revision!r} but captured no step number")
+    return int(value)
+
+
+def _template_revisions(name: str, spec: dict) -> list[Revision]:
+    template = spec["template"]
+    steps = [int(s) for s in spec.get("steps", [])]
+    ranges = spec.get("range")
+    if ranges is not None:
+        if isinstance(ranges[0], (int, float)):
+            ranges = [ranges]
+        for item in ranges:
+            if len(item) != 3:
+                raise ValueError(f"series {name!r}: revisions.range must be [start, stop, every] (stop included), got {item!r}")
+            start, stop, every = (int(v) for v in item)
+            if every < 1 or stop < start:
+                raise ValueError(f"series {name!r}: revisions.range {item!r} is empty")
+            steps += list(range(start, stop + 1, every))
+    if not steps:
+        raise ValueError(f"series {name!r}: revisions.template needs 'steps' and/or 'range'")
+    try:
+        return [Revision(template.format(step=s), s) for s in sorted(set(steps))]
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ValueError(f"series {name!r}: revisions.template {template!r} must use only {{step}}: {exc}") from None
+
+
+def refs_cache_path(repo_id: str) -> Path:
+    """Where the revision list read online for a repo is kept (``<data home>/hub_refs/``)."""
+    from ._home import cache_dir
+
+    return cache_dir("hub_refs") / (repo_id.replace("/", "--") + ".json")
+
+
+def list_branches(repo_id: str, refresh: bool = False) -> list[str]:
+    """Branch names of a hub repo: read online with ``list_repo_refs``, cached in the data home.
+
+    Offline, the cached list is used; without one the error says how to get it.
+    """
+    path = refs_cache_path(repo_id)
+    if path.exists() and not refresh:
+        return json.loads(path.read_text())["branches"]
+    if is_offline():
+        raise FileNotFoundError(
+            f"the revision list of {repo_id} is not known offline (no {path}). Run "
+            f"`python -c \"import triphase.hub as h; h.list_branches('{repo_id}')\"` once with internet "
+            f"(it is cached to {path}), or give the revisions explicitly in the run YAML "
+            f"(series: [{{name: ..., repo: {repo_id}, revisions: [...], tokens_per_step: ...}}])."
+        )
+    from huggingface_hub import list_repo_refs
+
+    from ._io import write_json
+
+    refs = list_repo_refs(repo_id)
+    branches = sorted(b.name for b in refs.branches)
+    write_json({"repo": repo_id, "branches": branches}, path)
+    return branches
+
+
+def expand_revisions(name: str, spec) -> list[Revision]:
+    """The ordered revisions of a series from its ``revisions`` field.
+
+    ``spec`` is either
+
+    * a list of names (steps read with :func:`step_from_revision`, optional
+      ``step_regex``), or
+    * a mapping ``{template: "step{step}", steps: [...], range: [start, stop, every]}``
+      (generated; ``stop`` included), or
+    * a mapping ``{discover: list_repo_refs, match: REGEX, repo: ...}``: the
+      repo's branches matching ``REGEX`` (group ``step``), read online
+      (:func:`list_branches`) and cached.
+
+    Returns
+    -------
+    list of Revision, sorted by step (names unique).
+    """
+    if isinstance(spec, dict) and "revisions" in spec and "loader" in spec:
+        spec = spec["revisions"]
+    if isinstance(spec, list):
+        if not spec:
+            raise ValueError(f"series {name!r}: field 'revisions' is an empty list")
+        out = [Revision(str(r), step_from_revision(str(r))) for r in spec]
+    elif isinstance(spec, dict) and "template" in spec:
+        out = _template_revisions(name, spec)
+    elif isinstance(spec, dict) and spec.get("discover") == "list_repo_refs":
+        repo = spec.get("repo")
+        if not repo:
+            raise ValueError(f"series {name!r}: revisions.discover needs the repo")
+        pattern = re.compile(spec.get("match", DEFAULT_STEP_REGEX))
+        out = []
+        for branch in list_branches(repo):
+            if pattern.search(branch):
+                out.append(Revision(branch, step_from_revision(branch, spec.get("match"))))
+        if not out:
+            raise ValueError(f"series {name!r}: no branch of {repo} matches {pattern.pattern!r}; "
+                             "give the revisions explicitly in the run YAML")
+    else:
+        raise ValueError(
+            f"series {name!r}: field 'revisions' must be a list of names, a pattern "
+            "{template, steps, range} or {discover: list_repo_refs, match}, got " + repr(spec)
+        )
+    names = [r.name for r in out]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"series {name!r}: duplicate revisions {dupes}")
+    return sorted(out, key=lambda r: (r.step, r.name))
+
+
+def build_hub_checkpoints(name: str, spec: dict):
+    """Checkpoints of a hub series spec (the body of ``series._hub_loader``)."""
+    from .checkpoints import Checkpoint
+
+    for key in ("repo", "revisions"):
+        if key not in spec:
+            raise ValueError(f"series {name!r}: hub series need the field {key!r}")
+    if "tokens_per_step" not in spec:
+        raise ValueError(f"series {name!r}: hub series need the field 'tokens_per_step' "
+                         "(null when unknown: tokens_seen then counts steps)")
+    revisions_spec = spec["revisions"]
+    if isinstance(revisions_spec, dict) and revisions_spec.get("discover"):
+        revisions_spec = {"repo": spec["repo"], **revisions_spec}
+    if isinstance(revisions_spec, list) and spec.get("step_regex"):
+        revisions = sorted((Revision(str(r), step_from_revision(str(r), spec["step_regex"])) for r in revisions_spec),
+                           key=lambda r: r.step)
+    else:
+        revisions = expand_revisions(name, revisions_spec)
+    tokens_per_step = spec["tokens_per_step"]
+    per_step = 1 if tokens_per_step is None else int(tokens_per_step)
+    if per_step < 1:
+        raise ValueError(f"series {name!r}: tokens_per_step must be >= 1 or null, got {tokens_per_step!r}")
+    return [Checkpoint(name, r.name, r.step, r.step * per_step, spec["repo"], r.name, "real") for r in revisions]
+
+
+# --------------------------------------------------------------------------- presets table
+def _revision_count(name: str, spec: dict):
+    revisions = spec.get("revisions")
+    if isinstance(revisions, dict) and revisions.get("discover"):
+        path = refs_cache_path(spec["repo"])
+        if path.exists():
+            try:
+                return len(build_hub_checkpoints(name, spec))
+            except ValueError:
+                return 0
+        return "online"
+    return len(expand_revisions(name, revisions))
+
+
+def models_table():
+    """Every series preset: name, hub repo, number of checkpoints, tokens per step, status.
+
+    ``checkpoints`` is ``"online"`` for lists read with ``list_repo_refs`` and
+    not cached yet; ``revisions`` says whether the list is ``verified``
+    (published list/pattern checked against the model card), a ``pattern``
+    (generated, not checked against the hub) or ``online``.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+    import pandas as pd
+
+    from .series import load_presets
+
+    rows = []
+    for name, spec in load_presets().items():
+        if spec["loader"] != "hub":
+            rows.append({"name": name, "loader": spec["loader"], "repo": "(trained here)", "checkpoints": "local",
+                         "tokens_per_step": "", "params": "", "bf16_weights_gb": "", "revisions": "embedded",
+                         "languages": ""})
+            continue
+        params = spec.get("params")
+        tps = spec.get("tokens_per_step")
+        rows.append({
+            "name": name, "loader": "hub", "repo": spec["repo"], "checkpoints": _revision_count(name, spec),
+            "tokens_per_step": "unknown" if tps is None else int(tps),
+            "params": params if params is not None else "",
+            "bf16_weights_gb": round(bf16_weight_gb(params), 1) if params else "",
+            "revisions": spec.get("revisions_status", "unverified"),
+            "languages": ",".join(spec.get("languages", [])),
+        })
+    return pd.DataFrame(rows)
+
+
+def bf16_weight_gb(params: float) -> float:
+    """Memory for weights in bfloat16: 2 bytes per parameter (GB = 1e9 bytes)."""
+    return 2.0 * float(params) / 1e9
+
+
+# --------------------------------------------------------------------------- identity
+def weight_fingerprint(model, n_tensors: int = FINGERPRINT_TENSORS, n_values: int = FINGERPRINT_VALUES) -> str:
+    """A cheap hash of a model's weights: a strided sample of a few tensors.
+
+    Tensors are chosen evenly along the state dict (embeddings, middle and last
+    blocks, head); from each, ``n_values`` evenly strided values are rounded to
+    bfloat16 (so a float32 and a bfloat16 load of the same weights agree) and
+    hashed with their names and shapes. Two different training states share a
+    fingerprint only if every sampled value agrees.
+
+    Returns
+    -------
+    str (16 hex characters)
+    """
+    import torch
+
+    state = model.state_dict()
+    names = [k for k, v in state.items() if torch.is_floating_point(v) and v.numel() > 0]
+    if not names:
+        raise ValueError("model has no floating-point tensors to fingerprint")
+    picks = sorted(set(np.linspace(0, len(names) - 1, min(n_tensors, len(names))).round().astype(int).tolist()))
+    digest = hashlib.sha256()
+    for i in picks:
+        tensor = state[names[i]].detach().reshape(-1)
+        stride = max(1, tensor.numel() // n_values)
+        sample = tensor[::stride][:n_values].to("cpu", torch.bfloat16).view(torch.int16).numpy()
+        digest.update(names[i].encode())
+        digest.update(str(tuple(state[names[i]].shape)).encode())
+        digest.update(sample.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def checkpoint_identity(checkpoint, model) -> dict:
+    """Resolved commit and weight fingerprint of a loaded checkpoint.
+
+    ``commit`` comes from the loaded config (``_commit_hash``, set by
+    ``from_pretrained`` for hub files), else the cache's ``refs/<revision>``;
+    None for local folders. Add both to every results table.
+
+    Returns
+    -------
+    dict(commit=str or None, fingerprint=str)
+    """
+    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
+    if not (isinstance(commit, str) and _COMMIT.match(commit)):
+        commit = None
+        if is_hub_checkpoint(checkpoint):
+            commit = cached_commit(checkpoint.source, checkpoint.revision)
+    return {"commit": commit, "fingerprint": weight_fingerprint(model)}
+
+
+def integrity_flags(identities) -> "pd.DataFrame":
+    """Flag suspicious checkpoints of a sweep.
+
+    Parameters
+    ----------
+    identities : DataFrame or iterable of dict
+        In training order, each with ``checkpoint`` and ``fingerprint``
+        (None/NaN for a checkpoint that could not be loaded), optionally
+        ``commit`` and ``missing``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``checkpoint, fingerprint, commit, missing, same_as_previous,
+        same_as_final, flag`` (``flag`` is a readable reason, ``""`` if none).
+        The final checkpoint is the last one loaded; ``same_as_previous``
+        compares with the previous *loaded* checkpoint.
+
+    Examples
+    --------
+    >>> flags = integrity_flags([{"checkpoint": "a", "fingerprint": "x"}, {"checkpoint": "b", "fingerprint": "x"},
+    ...                          {"checkpoint": "c", "fingerprint": "y"}])
+    >>> flags["same_as_previous"].tolist()
+    [False, True, False]
+    """
+    import pandas as pd
+
+    frame = pd.DataFrame(list(identities) if not isinstance(identities, pd.DataFrame) else identities)
+    if frame.empty:
+        return pd.DataFrame(columns=["checkpoint", "fingerprint", "commit", "missing", "same_as_previous",
+                                     "same_as_final", "flag"])
+    for column in ("checkpoint", "fingerprint"):
+        if column not in frame:
+            raise ValueError(f"integrity_flags needs a column {column!r}; got {list(frame.columns)}")
+    if "commit" not in frame:
+        frame["commit"] = None
+    fingerprints = [None if (f is None or (isinstance(f, float) and np.isnan(f))) else str(f)
+                    for f in frame["fingerprint"]]
+    missing = [f is None for f in fingerprints]
+    if "missing" in frame:
+        missing = [bool(m) or f is None for m, f in zip(frame["missing"], fingerprints)]
+    loaded = [i for i, m in enumerate(missing) if not m]
+    final = fingerprints[loaded[-1]] if loaded else None
+    same_prev, same_final, flags = [], [], []
+    previous = None
+    for i, fp in enumerate(fingerprints):
+        if missing[i]:
+            same_prev.append(False)
+            same_final.append(False)
+            flags.append("missing: could not be loaded")
+            continue
+        is_prev = previous is not None and fp == previous[1]
+        is_final = loaded and i != loaded[-1] and fp == final
+        reasons = []
+        if is_prev:
+            reasons.append(f"identical weights to the previous checkpoint {previous[0]}")
+        if is_final:
+            reasons.append("identical weights to the final checkpoint")
+        same_prev.append(bool(is_prev))
+        same_final.append(bool(is_final))
+        flags.append("; ".join(reasons))
+        previous = (frame["checkpoint"].iloc[i], fp)
+    return pd.DataFrame({"checkpoint": frame["checkpoint"].astype(str), "fingerprint": fingerprints,
+                         "commit": frame["commit"], "missing": missing, "same_as_previous": same_prev,
+                         "same_as_final": same_final, "flag": flags})
+
+
+# --------------------------------------------------------------------------- sweeps
+@dataclass
+class LoadedCheckpoint:
+    """A checkpoint loaded by :func:`iter_loaded` (``ok`` is True)."""
+
+    checkpoint: object
+    model: object
+    tokenizer: object
+    identity: dict
+    ok: bool = True
+
+
+@dataclass
+class SkippedCheckpoint:
+    """A checkpoint that could not be loaded (``ok`` is False); ``reason`` says why."""
+
+    checkpoint: object
+    reason: str
+    ok: bool = False
+
+    @property
+    def identity(self) -> dict:
+        return {"commit": None, "fingerprint": None}
+
+
+def _is_missing_revision_error(exc: BaseException, checkpoint) -> bool:
+    try:
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RevisionNotFoundError
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RevisionNotFoundError
+    if isinstance(exc, (CheckpointMissingError, RevisionNotFoundError, EntryNotFoundError, LocalEntryNotFoundError)):
+        return True
+    # transformers wraps hub errors in OSError whose message names the revision.
+    return isinstance(exc, OSError) and bool(checkpoint.revision) and str(checkpoint.revision) in str(exc)
+
+
+def iter_loaded(checkpoints: Iterable, device: str = "auto", dtype=None, skip_missing: bool = True,
+                progress: bool = False) -> Iterator[LoadedCheckpoint | SkippedCheckpoint]:
+    """Load checkpoints one at a time; a missing one is skipped by name and the sweep goes on.
+
+    Each model is released (:func:`triphase.checkpoints.release`) when the
+    consumer asks for the next one, so at most one is in memory.
+
+    Parameters
+    ----------
+    checkpoints : iterable of Checkpoint
+    device, dtype : see :func:`triphase.checkpoints.load_checkpoint`
+    skip_missing : bool
+        Yield a :class:`SkippedCheckpoint` for a missing branch (else raise).
+    progress : bool
+
+    Yields
+    ------
+    LoadedCheckpoint or SkippedCheckpoint
+
+    Examples
+    --------
+    >>> for item in iter_loaded(series.checkpoints):  # doctest: +SKIP
+    ...     if not item.ok:
+    ...         print("skipped", item.checkpoint.name, item.reason); continue
+    ...     features = word_hidden_states(item.model, item.tokenizer, words)
+    """
+    from .checkpoints import load_checkpoint, release
+
+    checkpoints = list(checkpoints)
+    if progress:
+        from tqdm.auto import tqdm
+
+        checkpoints = tqdm(checkpoints, desc="checkpoints", unit="checkpoint")
+    for ckpt in checkpoints:
+        try:
+            ensure_available(ckpt)
+            model, tokenizer = load_checkpoint(ckpt, device=device, dtype=dtype)
+        except Exception as exc:  # noqa: BLE001 - classified below, re-raised unless a missing branch
+            if skip_missing and _is_missing_revision_error(exc, ckpt):
+                yield SkippedCheckpoint(ckpt, f"{ckpt.source}@{ckpt.revision} missing: {exc}")
+                continue
+            raise
+        try:
+            yield LoadedCheckpoint(ckpt, model, tokenizer, checkpoint_identity(ckpt, model))
+        finally:
+            release(model)
+            del model, tokenizer
+
+
+# --------------------------------------------------------------------------- download
+def snapshot_fetch(repo_id: str, revisions: Sequence[str], cache_dir=None, max_workers: int = 8,
+                   progress: bool = True) -> dict[str, Path]:
+    """Download revisions of a repo into the hub cache (config, tokenizer, weights); skip cached ones.
+
+    Safetensors are preferred; a revision without them gets its ``*.bin``
+    weights. Resumable: ``snapshot_download`` skips complete files and resumes
+    partial ones.
+
+    Returns
+    -------
+    dict revision -> snapshot folder
+    """
+    if is_offline():
+        raise RuntimeError(
+            f"HF_HUB_OFFLINE is set: cannot download {repo_id} revisions {', '.join(revisions)}. Run "
+            f"`{fetch_command(repo_id, list(revisions))}` on a machine with internet, then copy "
+            f"{repo_folder(repo_id, cache_dir).name}/ into {Path(cache_dir or hub_cache_dir())}."
+        )
+    from huggingface_hub import snapshot_download
+
+    cache = str(cache_dir or hub_cache_dir())
+    out = {}
+    if progress:
+        from tqdm.auto import tqdm
+
+        revisions = tqdm(list(revisions), desc=f"fetch {repo_id}", unit="revision")
+    for rev in revisions:
+        done = cached_snapshot(repo_id, rev, cache)
+        if done is not None:
+            out[rev] = done
+            continue
+        folder = Path(snapshot_download(repo_id, revision=rev, allow_patterns=list(FETCH_PATTERNS),
+                                        cache_dir=cache, max_workers=max_workers))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id, revision=rev,
+                                            allow_patterns=list(FETCH_PATTERNS + FETCH_PATTERNS_BIN),
+                                            cache_dir=cache, max_workers=max_workers))
+        out[rev] = folder
+    return out

@@ -1,0 +1,198 @@
+"""Hub series: presets, revision patterns, the offline cache (through the real loading code), integrity."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fixtures_real import ENGLISH_TEXT, tiny_model_folder, train_bpe_tokenizer, write_hub_revision
+from triphase import hub
+from triphase.series import get_series
+
+REPO = "EleutherAI/pythia-14m"
+
+
+def test_pythia_and_amber_patterns_are_generated():
+    pythia = get_series("pythia-160m")
+    names = [c.name for c in pythia.checkpoints]
+    assert len(names) == 154
+    assert names[:12] == ["step0", "step1", "step2", "step4", "step8", "step16", "step32", "step64", "step128",
+                          "step256", "step512", "step1000"]
+    assert names[-1] == "step143000"
+    assert pythia.checkpoints[-1].tokens_seen == 143000 * 2097152
+    assert {c.tier for c in pythia.checkpoints} == {"real"}
+    amber = get_series("amber")
+    assert [c.name for c in amber.checkpoints][:2] == ["ckpt_000", "ckpt_001"] and len(amber) == 360
+    assert amber.final.name == "ckpt_359"
+
+
+def test_models_table_lists_every_family():
+    table = hub.models_table().set_index("name")
+    for name in ["pythia-14m", "pythia-12b", "pythia-70m-deduped", "pythia-12b-deduped", "olmo-2-1124-7b",
+                 "olmo-7b-0724", "amber", "llm-jp-3-1.8b"]:
+        assert name in table.index, name
+    assert table.loc["pythia-160m", "checkpoints"] == 154
+    assert table.loc["pythia-160m", "tokens_per_step"] == 2097152
+    assert table.loc["pythia-1b", "bf16_weights_gb"] == pytest.approx(2 * 1011781632 / 1e9, abs=0.05)
+    assert table.loc["olmo-2-1124-7b", "checkpoints"] == "online"
+    assert table.loc["amber", "revisions"] == "verified"
+    assert "ja" in table.loc["llm-jp-3-13b", "languages"]
+
+
+def test_online_only_lists_need_the_cache_or_an_explicit_list(fresh_home, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="not known offline.*revisions"):
+        get_series("olmo-2-1124-7b")
+    # What list_branches stores after reading list_repo_refs online:
+    path = hub.refs_cache_path("allenai/OLMo-2-1124-7B")
+    path.write_text(json.dumps({"repo": "allenai/OLMo-2-1124-7B", "branches": [
+        "main", "stage1-step2000-tokens9B", "stage1-step1000-tokens5B", "step150-tokens1B",
+        "stage2-ingredient1-step1000-tokens5B"]}))
+    series = get_series("olmo-2-1124-7b")
+    assert [(c.name, c.step) for c in series.checkpoints] == [
+        ("step150-tokens1B", 150), ("stage1-step1000-tokens5B", 1000), ("stage1-step2000-tokens9B", 2000)]
+    assert series.checkpoints[1].tokens_seen == 1000 * 4194304
+    inline = get_series({"name": "mine", "repo": "org/m", "revisions": ["stage1-step20-tokens1B", "ckpt_7"],
+                         "tokens_per_step": 10})
+    assert [(c.name, c.step, c.tokens_seen) for c in inline.checkpoints] == [
+        ("ckpt_7", 7, 70), ("stage1-step20-tokens1B", 20, 200)]
+
+
+def test_integrity_flags_planted_cases():
+    flags = hub.integrity_flags([
+        {"checkpoint": "step0", "fingerprint": "a"},
+        {"checkpoint": "step1", "fingerprint": "a"},      # step0 == step1 (a known Pythia report)
+        {"checkpoint": "step2", "fingerprint": None},     # missing branch
+        {"checkpoint": "step4", "fingerprint": "a"},      # equal to the previous *loaded* one
+        {"checkpoint": "step8", "fingerprint": "z"},      # serves the final weights
+        {"checkpoint": "step16", "fingerprint": "b"},
+        {"checkpoint": "step143000", "fingerprint": "z"},
+    ]).set_index("checkpoint")
+    assert flags["same_as_previous"].to_dict() == {"step0": False, "step1": True, "step2": False, "step4": True,
+                                                   "step8": False, "step16": False, "step143000": False}
+    assert flags["same_as_final"].to_dict() == {"step0": False, "step1": False, "step2": False, "step4": False,
+                                                "step8": True, "step16": False, "step143000": False}
+    assert flags.loc["step2", "missing"] and "missing" in flags.loc["step2", "flag"]
+    assert flags.loc["step16", "flag"] == ""
+
+
+def test_offline_missing_revision_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt = get_series("pythia-160m").checkpoints[5]
+    with pytest.raises(hub.CheckpointMissingError) as err:
+        hub.ensure_available(ckpt)
+    message = str(err.value)
+    assert "EleutherAI/pythia-160m@step16" in message
+    assert "triphase fetch model pythia-160m --checkpoints step16" in message
+    assert str(tmp_path / "hf" / "hub") in message
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
+        from triphase.fetch import fetch_model
+
+        fetch_model("pythia-160m", ["step0"])
+
+
+def test_fingerprint_is_dtype_stable_and_weight_sensitive():
+    import torch
+
+    from fixtures_real import tiny_model
+
+    a, b = tiny_model(50, seed=0), tiny_model(50, seed=1)
+    assert hub.weight_fingerprint(a) != hub.weight_fingerprint(b)
+    assert hub.weight_fingerprint(a) == hub.weight_fingerprint(a.to(torch.bfloat16))
+    with torch.no_grad():
+        next(iter(a.parameters()))[0, 0] += 1.0  # the first tensor is always sampled, from element 0
+    assert hub.weight_fingerprint(a) != hub.weight_fingerprint(b.to(torch.float32))
+
+
+# --------------------------------------------------------------------------- offline end to end
+SWEEP_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from triphase import hub
+    from triphase.checkpoints import select_checkpoints
+    from triphase.features import word_hidden_states
+    from triphase.series import get_series
+
+    words = sys.argv[2].split()
+    series = get_series("pythia-14m")                      # the preset, as a user names it
+    chosen = select_checkpoints(series.checkpoints, ["step0", "step1", "step2", "step4", "step8", "step16",
+                                                     "step143000"])
+    rows, skipped = [], {}
+    for item in hub.iter_loaded(chosen, device="cpu"):
+        if not item.ok:
+            skipped[item.checkpoint.name] = item.reason
+            rows.append({"checkpoint": item.checkpoint.name, **item.identity})
+            continue
+        feats = word_hidden_states(item.model, item.tokenizer, words, context=16)
+        np.save(f"{sys.argv[1]}/{item.checkpoint.name}.npy", feats)
+        rows.append({"checkpoint": item.checkpoint.name, **item.identity, "step": item.checkpoint.step,
+                     "tokens_seen": item.checkpoint.tokens_seen})
+    flags = hub.integrity_flags(rows)
+    print(json.dumps({"rows": rows, "skipped": skipped, "flags": flags.to_dict(orient="list")}))
+""")
+
+
+@pytest.fixture(scope="module")
+def weight_folders(tmp_path_factory):
+    """Three different tiny GPTNeoX checkpoints sharing one tokenizer."""
+    base = tmp_path_factory.mktemp("weights")
+    tokenizer = train_bpe_tokenizer([ENGLISH_TEXT])
+    return [tiny_model_folder(base / f"w{i}", seed=i, tokenizer=tokenizer) for i in range(3)]
+
+
+def test_offline_sweep_through_the_hub_cache(weight_folders, tmp_path):
+    """A hub cache laid out as the hub does, HF_HUB_OFFLINE=1, the user's calls; no mock of from_pretrained."""
+    hf_home = tmp_path / "hf"
+    cache = hf_home / "hub"
+    w0, w1, w2 = weight_folders
+    # step1 == step2 (consecutive identical), step8 == final, step16 missing.
+    planted = {"step0": w0, "step1": w1, "step2": w1, "step4": w0, "step8": w2, "step143000": w2}
+    commits = {rev: write_hub_revision(cache, REPO, rev, folder) for rev, folder in planted.items()}
+    assert (cache / "models--EleutherAI--pythia-14m" / "refs" / "step0").read_text() == commits["step0"]
+    out = tmp_path / "features"
+    out.mkdir()
+    words = ENGLISH_TEXT.split()[:12]
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TRIPHASE_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-c", SWEEP_SCRIPT, str(out), " ".join(words)], env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = {r["checkpoint"]: r for r in result["rows"]}
+
+    # The missing branch is reported by name with the fetch command, and the sweep went on.
+    assert list(result["skipped"]) == ["step16"]
+    assert "triphase fetch model pythia-14m --checkpoints step16" in result["skipped"]["step16"]
+    assert rows["step143000"]["fingerprint"] is not None
+    # Commits resolved from refs/<revision>.
+    for rev, commit in commits.items():
+        assert rows[rev]["commit"] == commit, rev
+    # Planted duplicates are flagged, nothing else (step143000 follows step8, the last *loaded* one).
+    flags = dict(zip(result["flags"]["checkpoint"], zip(result["flags"]["same_as_previous"],
+                                                        result["flags"]["same_as_final"])))
+    assert flags == {"step0": (False, False), "step1": (False, False), "step2": (True, False),
+                     "step4": (False, False), "step8": (False, True), "step16": (False, False),
+                     "step143000": (True, False)}
+    assert rows["step4"]["tokens_seen"] == 4 * 2097152
+
+    # The features come from the planted weights: compare with a direct load of the source folder.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from triphase.features import word_hidden_states
+
+    for rev, folder in (("step0", w0), ("step2", w1), ("step143000", w2)):
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        expected = word_hidden_states(model, AutoTokenizer.from_pretrained(folder), words, context=16)
+        got = np.load(out / f"{rev}.npy")
+        assert got.shape == (3, len(words), 16)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(np.load(out / "step0.npy"), np.load(out / "step1.npy"))
