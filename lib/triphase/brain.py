@@ -48,7 +48,7 @@ from .features import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT, cached_story_features
 from .timeseries import DEFAULT_DELAYS, check_rows, make_delayed, story_design
 
 #: Bump when the scores' computation changes (keys the per-checkpoint cache).
-BRAIN_RESULTS_VERSION = 1
+BRAIN_RESULTS_VERSION = 2
 #: Control feature sets (label -> description), besides the model's own features ("model").
 CONTROLS = {
     "shuffled-stories": "TR-level design of another story (misaligned in time)",
@@ -253,7 +253,10 @@ class _LazyModel:
         if self.loaded is None:
             from .checkpoints import load_checkpoint
 
+            from .hub import remember_identity
+
             self.loaded = load_checkpoint(self.checkpoint, device=self.device, dtype=self.dtype)
+            remember_identity(self.checkpoint, self.loaded[0])
         return self.loaded
 
     def release(self):
@@ -326,6 +329,11 @@ def score_checkpoint(checkpoint, data: BrainData, settings: dict, controls: Sequ
     table = pd.concat(frames, ignore_index=True)
     for name, value in reversed(list(checkpoint.columns().items())):
         table.insert(0, name, value)
+    from .hub import identity_of
+
+    identity = identity_of(checkpoint, device=device, dtype=dtype)
+    table["commit"] = identity["commit"]
+    table["fingerprint"] = identity["fingerprint"]
     table.insert(5, "dataset", data.dataset.name)
     table.insert(6, "subject", data.subject)
     table["dataset_tier"] = data.dataset.tier

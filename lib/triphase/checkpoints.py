@@ -184,7 +184,10 @@ def load_checkpoint(checkpoint: Checkpoint, device: str = "auto", dtype=None, **
     """Load one checkpoint's causal LM and tokenizer, in eval mode.
 
     Local folders and hub revisions go through the same
-    ``AutoModelForCausalLM.from_pretrained(source, revision=...)`` call.
+    ``AutoModelForCausalLM.from_pretrained(source, revision=...)`` call; for hub
+    checkpoints ``HF_HOME``/``HF_HUB_OFFLINE`` are read at call time, and an
+    offline checkpoint missing from the cache raises
+    :class:`triphase.hub.CheckpointMissingError` naming the fetch command.
 
     Returns
     -------
@@ -192,9 +195,12 @@ def load_checkpoint(checkpoint: Checkpoint, device: str = "auto", dtype=None, **
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .hub import ensure_available, hub_load_kwargs
+
+    ensure_available(checkpoint)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    extra = {"revision": checkpoint.revision} if checkpoint.revision else {}
+    extra = hub_load_kwargs(checkpoint)
     model = AutoModelForCausalLM.from_pretrained(checkpoint.source, dtype=torch_dtype, **extra, **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint.source, **extra)
     model.to(device).eval()

@@ -646,3 +646,38 @@ def snapshot_fetch(repo_id: str, revisions: Sequence[str], cache_dir=None, max_w
                                             cache_dir=cache, max_workers=max_workers))
         out[rev] = folder
     return out
+
+
+def _identity_path(checkpoint) -> Path:
+    from ._home import cache_dir
+    from ._io import stable_hash
+
+    return cache_dir("identity") / checkpoint.series / f"{checkpoint.name}-{stable_hash(checkpoint.to_dict())}.json"
+
+
+def remember_identity(checkpoint, model) -> dict:
+    """Compute :func:`checkpoint_identity` of a loaded model and cache it on disk."""
+    from ._io import write_json
+
+    identity = checkpoint_identity(checkpoint, model)
+    write_json(identity, _identity_path(checkpoint))
+    return identity
+
+
+def identity_of(checkpoint, device: str = "auto", dtype=None) -> dict:
+    """Commit and fingerprint of a checkpoint: from the on-disk cache, else by loading it once.
+
+    Pipelines whose heavy results are cached (features, scores) call this so
+    every results table carries ``commit`` and ``fingerprint`` without
+    re-loading weights on every re-run.
+    """
+    path = _identity_path(checkpoint)
+    if path.exists():
+        return json.loads(path.read_text())
+    from .checkpoints import load_checkpoint, release
+
+    model, _ = load_checkpoint(checkpoint, device=device, dtype=dtype)
+    try:
+        return remember_identity(checkpoint, model)
+    finally:
+        release(model)

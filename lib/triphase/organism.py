@@ -14,6 +14,7 @@ reused, never retrained.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -115,11 +116,21 @@ class OrganismConfig:
 
     @property
     def hash(self) -> str:
-        return stable_hash({"config": self.to_dict(), "version": TRAINING_FORMAT_VERSION})
+        """Key of the run: the config, the training version and the corpus generator's source.
+
+        The story world's code decides the corpus, so editing it gives a new run
+        instead of silently reusing weights trained on another corpus."""
+        return stable_hash({"config": self.to_dict(), "version": TRAINING_FORMAT_VERSION,
+                            "corpus_generator": _corpus_generator_hash()})
 
     @property
     def checkpoint_steps(self) -> list[int]:
         return pythia_steps(self.max_steps, self.checkpoint_every)
+
+
+def _corpus_generator_hash() -> str:
+    source = resources.files("triphase").joinpath("storyworld.py").read_bytes()
+    return hashlib.sha256(source).hexdigest()[:16]
 
 
 def organism_presets() -> dict:
