@@ -1,0 +1,358 @@
+"""Real models on standard benchmarks: lm-evaluation-harness, one checkpoint at a time.
+
+Real (hub) checkpoints are evaluated with lm-evaluation-harness through its
+Python API, ``lm_eval.simple_evaluate(model="hf", model_args={"pretrained": repo,
+"revision": rev, "dtype": ...}, tasks=[...])``: multiple-choice tasks (ARC-Easy,
+ARC-Challenge, PIQA, SciQ, HellaSwag; metric ``acc`` -> ``mc_accuracy``,
+``acc_norm`` -> ``mc_accuracy_norm``) and IFEval for instruction following
+(``prompt_level_strict_acc`` -> ``instruction_following``). Rows go into the same
+tidy tasks table as the embedded suite, with Wilson intervals computed from the
+per-item outcomes lm-eval logs.
+
+Two pitfalls handled here:
+
+* lm-eval's request cache (``use_cache``/``cache_requests``) is not keyed by
+  the model revision, so a checkpoint sweep can silently reuse the previous
+  checkpoint's answers. It is never used; results are cached by
+  :func:`lmeval_cache_key` instead: repo + *resolved commit hash* (a content
+  hash of the weights for local folders) + the task configuration files +
+  the lm-eval version + every evaluation setting.
+* IFEval needs NLTK's ``punkt_tab`` at run time (and lm-eval tries to download
+  it on import): :func:`check_nltk_data` fails before a sweep starts, with the
+  command that installs it.
+
+:func:`write_lmeval_task` turns task items into an lm-eval task (YAML over a
+local JSON-lines file) so lm-eval can score the embedded suite; the test suite
+checks that its accuracy equals :func:`triphase.tasks.evaluate_items`'s
+``mc_accuracy`` on the same items.
+
+Examples
+--------
+>>> from triphase.series import get_series
+>>> ser = get_series({"name": "pythia-160m", "repo": "EleutherAI/pythia-160m",
+...                   "revisions": ["step1000", "step143000"], "tokens_per_step": 2097152})
+>>> df = lmeval_sweep(ser.checkpoints, ["arc_easy", "ifeval"], device="cuda")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from string import Template
+from typing import Sequence
+
+import pandas as pd
+
+from ._taskitem import TaskItem
+
+#: Our metric names for lm-eval's (others keep lm-eval's name).
+METRIC_NAMES = {
+    "acc": "mc_accuracy",
+    "acc_norm": "mc_accuracy_norm",
+    "prompt_level_strict_acc": "instruction_following",
+    "inst_level_strict_acc": "instruction_following_per_instruction",
+    "prompt_level_loose_acc": "instruction_following_loose",
+    "inst_level_loose_acc": "instruction_following_per_instruction_loose",
+    "exact_match": "accuracy",
+}
+#: Tasks that need NLTK data, and which.
+NLTK_REQUIREMENTS = {"ifeval": ("tokenizers/punkt_tab", "punkt_tab")}
+#: The YAML template of an lm-eval task over local task items.
+EMBEDDED_TASK_TEMPLATE = "embedded_mc.yaml"
+#: Bump when rows are computed differently from lm-eval's output (keys the cache).
+LMEVAL_RESULTS_VERSION = 1
+#: Bytes read per chunk when hashing local weight files.
+_HASH_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------- checks
+def check_nltk_data(tasks: Sequence[str]) -> None:
+    """Raise before a sweep when a task needs NLTK data that is not installed.
+
+    Raises
+    ------
+    RuntimeError
+        Naming the task, the resource and the install command
+        (``python -m nltk.downloader punkt_tab``).
+    """
+    for task in tasks:
+        for prefix, (resource, package) in NLTK_REQUIREMENTS.items():
+            if not str(task).startswith(prefix) and not str(task).endswith(prefix):
+                continue
+            try:
+                import nltk
+            except ImportError as exc:
+                raise RuntimeError(f"task {task!r} needs the package nltk: pip install nltk") from exc
+            try:
+                nltk.data.find(resource)
+            except LookupError as exc:
+                raise RuntimeError(
+                    f"task {task!r} needs the NLTK data {package!r}, which is not installed. "
+                    f"Install it before the sweep: `python -m nltk.downloader {package}` "
+                    f"(or set NLTK_DATA to a folder that holds {resource})."
+                ) from exc
+
+
+# --------------------------------------------------------------------------- identity and cache
+def weights_fingerprint(folder) -> str:
+    """SHA-256 over the weight and config files of a local model folder (content, not dates)."""
+    folder = Path(folder)
+    files = sorted(p for pattern in ("*.safetensors", "*.bin", "config.json") for p in folder.glob(pattern))
+    if not any(p.suffix in (".safetensors", ".bin") for p in files):
+        raise FileNotFoundError(f"{folder} holds no weight files (*.safetensors or *.bin)")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def model_identity(checkpoint) -> dict:
+    """Where a checkpoint's weights come from, pinned: repo and commit, or folder and content hash.
+
+    Raises
+    ------
+    RuntimeError
+        For a hub checkpoint whose commit cannot be resolved (offline and not cached).
+    """
+    from .hub import is_hub_checkpoint, resolve_commit
+
+    if is_hub_checkpoint(checkpoint):
+        commit = resolve_commit(checkpoint.source, checkpoint.revision)
+        if commit is None:
+            raise RuntimeError(
+                f"cannot resolve {checkpoint.source}@{checkpoint.revision} to a commit: it is not in the local "
+                "Hugging Face cache and HF_HUB_OFFLINE is set (fetch it first: triphase fetch model ...)"
+            )
+        return {"repo": checkpoint.source, "revision": checkpoint.revision, "commit": commit}
+    return {"folder": str(Path(checkpoint.source).resolve()), "weights_sha256": weights_fingerprint(checkpoint.source)}
+
+
+def task_config_hash(task: str, task_manager) -> str:
+    """Hash of the files that define an lm-eval task (its YAML folder: includes, utils.py)."""
+    from ._io import stable_hash
+
+    entry = task_manager.task_index.get(task)
+    if entry is None:
+        raise ValueError(f"lm-eval knows no task {task!r}; see lm_eval.tasks.TaskManager().all_tasks")
+    if entry.yaml_path is None:
+        return stable_hash({"task": task, "config": repr(getattr(entry, "cfg", None))})
+    folder = Path(entry.yaml_path).parent
+    files = sorted(p for pattern in ("*.yaml", "*.py") for p in folder.glob(pattern))
+    return stable_hash({p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in files})
+
+
+def lmeval_cache_key(identity: dict, tasks: Sequence[str], task_manager, settings: dict) -> str:
+    """Cache key of one lm-eval run: model identity, task configs, lm-eval version, settings."""
+    import lm_eval
+
+    from ._io import stable_hash
+
+    return stable_hash({
+        "version": LMEVAL_RESULTS_VERSION, "lm_eval": lm_eval.__version__, "model": identity,
+        "tasks": {t: task_config_hash(t, task_manager) for t in tasks}, **settings,
+    })
+
+
+# --------------------------------------------------------------------------- embedded suite as an lm-eval task
+def write_lmeval_task(items: Sequence[TaskItem], prompts: Sequence[str], folder, task: str = "triphase_embedded"):
+    """Write task items as an lm-eval multiple-choice task: ``<task>.yaml`` + ``<task>.jsonl``.
+
+    Parameters
+    ----------
+    items : sequence of TaskItem
+        Items whose multiple choice is defined (:func:`triphase.tasks.mc_options`).
+    prompts : sequence of str
+        The prompt of each item (few-shot examples included; lm-eval adds none).
+    folder : path
+        Where to write; pass it as ``TaskManager(include_path=folder)``.
+    task : str
+        lm-eval task name.
+
+    Returns
+    -------
+    pathlib.Path of the YAML file.
+
+    Examples
+    --------
+    >>> yaml_path = write_lmeval_task(items, prompts, "/tmp/lmeval_tasks")  # doctest: +SKIP
+    """
+    import json
+    from importlib import resources
+
+    from ._io import atomic_path
+    from .tasks import mc_options
+
+    if len(items) != len(prompts):
+        raise ValueError(f"got {len(items)} items but {len(prompts)} prompts")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for item, prompt in zip(items, prompts):
+        mc = mc_options(item)
+        if mc is None:
+            raise ValueError(f"task item {item.item_id!r} (family {item.family!r}) has no multiple-choice options")
+        options, gold = mc
+        lines.append(json.dumps({"item_id": item.item_id, "prompt": prompt, "choices": list(options), "gold": gold}))
+    data_file = folder / f"{task}.jsonl"
+    with atomic_path(data_file) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    template = resources.files("triphase").joinpath("data", "lmeval", EMBEDDED_TASK_TEMPLATE).read_text()
+    yaml_path = folder / f"{task}.yaml"
+    with atomic_path(yaml_path) as tmp:
+        tmp.write_text(Template(template).substitute(task=task, data_file=json.dumps(str(data_file.resolve()))))
+    return yaml_path
+
+
+# --------------------------------------------------------------------------- running
+def _binary_outcomes(samples: list[dict], metric: str) -> list[bool] | None:
+    """Per-item (or per-instruction) binary outcomes of a metric from lm-eval's logged samples."""
+    outcomes: list[bool] = []
+    for sample in samples:
+        value = sample.get(metric)
+        values = value if isinstance(value, (list, tuple)) else [value]
+        for v in values:
+            if isinstance(v, bool) or (isinstance(v, (int, float)) and float(v) in (0.0, 1.0)):
+                outcomes.append(bool(v))
+            else:
+                return None
+    return outcomes
+
+
+def results_rows(results: dict) -> list[dict]:
+    """Tidy rows (task, metric, value, ci_low, ci_high, n_items) from ``simple_evaluate``'s output.
+
+    Binary metrics get a Wilson interval from the logged per-item outcomes; others
+    a normal interval from lm-eval's standard error where it has one.
+    """
+    from scipy.stats import norm
+
+    from .tasks import CONFIDENCE, wilson_interval
+
+    z = float(norm.ppf(0.5 + CONFIDENCE / 2))
+    rows = []
+    for task, metrics in results["results"].items():
+        samples = results.get("samples", {}).get(task, [])
+        for key, value in metrics.items():
+            if "," not in key or "_stderr" in key or not isinstance(value, (int, float)):
+                continue
+            metric, filt = key.split(",", 1)
+            name = METRIC_NAMES.get(metric, metric)
+            if filt != "none":
+                name = f"{name}[{filt}]"
+            outcomes = _binary_outcomes(samples, metric) if samples else None
+            if outcomes:
+                k, n = sum(outcomes), len(outcomes)
+                low, high = wilson_interval(k, n)
+                if not math.isclose(k / n, float(value), abs_tol=1e-9):
+                    raise RuntimeError(f"lm-eval task {task}: {metric}={value} but its logged samples give {k}/{n}")
+            else:
+                stderr = metrics.get(f"{metric}_stderr,{filt}")
+                n = len(samples) or int(results.get("n-samples", {}).get(task, {}).get("effective", 0))
+                ok = isinstance(stderr, (int, float)) and math.isfinite(stderr)
+                low, high = (value - z * stderr, value + z * stderr) if ok else (math.nan, math.nan)
+            rows.append({"task": task, "metric": name, "value": float(value), "ci_low": low, "ci_high": high,
+                         "n_items": int(n)})
+    return rows
+
+
+def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dtype=None, num_fewshot: int = 0,
+                      batch_size: int | str = 8, limit: int | None = None, include_path=None,
+                      include_defaults: bool = True, seed: int = 0, gen_kwargs: dict | None = None,
+                      cache: bool = True) -> pd.DataFrame:
+    """Run lm-eval tasks on one checkpoint (cached by commit and task config).
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint
+        A hub checkpoint (repo + revision) or a local Hugging Face folder.
+    tasks : sequence of str
+        lm-eval task names.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:0"``...
+    dtype : str or None
+        Model dtype (default: bfloat16 on GPU, float32 on CPU).
+    num_fewshot : int
+        lm-eval's few-shot count (tasks that fix their own, like IFEval, keep it).
+    batch_size : int or "auto"
+    limit : int, optional
+        At most this many items per task (quick looks; reported in ``n_items``).
+    include_path : path, optional
+        Folder(s) of extra task YAML files (e.g. :func:`write_lmeval_task`).
+    include_defaults : bool
+        Also index lm-eval's built-in tasks (slower to start).
+    seed : int
+        lm-eval's random, numpy, torch and few-shot seeds.
+    gen_kwargs : dict, optional
+        Generation settings for generative tasks.
+    cache : bool
+        Read/write the triphase result cache.
+
+    Returns
+    -------
+    DataFrame with the join columns and task, few_shot, metric, value, ci_low, ci_high, n_items.
+    """
+    import lm_eval
+    import torch
+    from lm_eval.tasks import TaskManager
+
+    from ._home import cache_dir
+    from ._io import write_parquet
+    from .checkpoints import resolve_device
+
+    tasks = list(tasks)
+    check_nltk_data(tasks)
+    device = resolve_device(device)
+    if dtype is None:
+        dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    dtype = str(dtype).replace("torch.", "")
+    task_manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
+    settings = {"device": device.split(":")[0], "dtype": dtype, "num_fewshot": int(num_fewshot), "limit": limit,
+                "seed": seed, "gen_kwargs": gen_kwargs or {}}
+    identity = model_identity(checkpoint)
+    key = lmeval_cache_key(identity, tasks, task_manager, settings)
+    path = cache_dir("lmeval") / checkpoint.series / checkpoint.name / f"{key}.parquet"
+    if cache and path.exists():
+        return pd.read_parquet(path)
+    model_args = {"pretrained": str(checkpoint.source), "dtype": dtype}
+    if checkpoint.revision:
+        model_args["revision"] = checkpoint.revision
+    results = lm_eval.simple_evaluate(
+        model="hf", model_args=model_args, tasks=tasks, num_fewshot=int(num_fewshot), batch_size=batch_size,
+        device=device, use_cache=None, cache_requests=False, limit=limit, log_samples=True, bootstrap_iters=0,
+        task_manager=task_manager, gen_kwargs=gen_kwargs, random_seed=seed, numpy_random_seed=seed,
+        torch_random_seed=seed, fewshot_random_seed=seed,
+    )
+    if results is None:
+        raise RuntimeError("lm_eval.simple_evaluate returned no results (not rank 0?)")
+    rows = pd.DataFrame(results_rows(results))
+    rows.insert(1, "few_shot", int(num_fewshot))
+    for col, value in reversed(list(checkpoint.columns().items())):
+        rows.insert(0, col, value)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    if cache:
+        write_parquet(rows, path)
+    return rows
+
+
+def lmeval_sweep(checkpoints, tasks: Sequence[str], device: str = "auto", dtype=None, num_fewshot=0,
+                 progress: bool = True, **options) -> pd.DataFrame:
+    """:func:`lmeval_checkpoint` over checkpoints (and few-shot counts); NLTK checked first.
+
+    Returns
+    -------
+    DataFrame: one row per checkpoint x task x few_shot x metric.
+    """
+    from tqdm.auto import tqdm
+
+    tasks = list(tasks)
+    check_nltk_data(tasks)
+    shots = [num_fewshot] if isinstance(num_fewshot, int) else list(num_fewshot)
+    tables = []
+    for ckpt in tqdm(list(checkpoints), desc="lm-eval", unit="checkpoint", disable=not progress):
+        for k in shots:
+            tables.append(lmeval_checkpoint(ckpt, tasks, device=device, dtype=dtype, num_fewshot=k, **options))
+    return pd.concat(tables, ignore_index=True)

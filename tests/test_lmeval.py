@@ -1,0 +1,165 @@
+"""lm-evaluation-harness integration, offline and for real (no mocks).
+
+The tiny organism's final checkpoint (a Hugging Face model folder) is evaluated
+by ``lm_eval.simple_evaluate`` on the embedded suite written as an lm-eval task
+(YAML + local JSON lines through ``TaskManager(include_path=...)``), and lm-eval's
+accuracy and per-option log-likelihoods must equal triphase's own implementation.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+lm_eval = pytest.importorskip("lm_eval")
+
+FAMILIES = ("yesno", "choice", "count", "copy")
+N_ITEMS = 8
+
+
+@pytest.fixture
+def offline_datasets(tmp_path, monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
+    return tmp_path
+
+
+@pytest.fixture
+def embedded_lmeval_tasks(tiny_organism, offline_datasets):
+    """The embedded suite (zero- and one-shot prompts) as lm-eval tasks, with triphase's own results."""
+    import torch
+
+    from triphase.checkpoints import load_checkpoint, release
+    from triphase.lmeval import write_lmeval_task
+    from triphase.tasks import build_prompt, embedded_items, evaluate_items, few_shot_examples
+
+    torch.set_num_threads(1)
+    folder = offline_datasets / "lmeval_tasks"
+    suite = embedded_items(FAMILIES, N_ITEMS, seed=1)
+    model, tokenizer = load_checkpoint(tiny_organism.final, device="cpu")
+    ours, items_of = {}, {}
+    for family, items in suite.items():
+        for k in (0, 1):
+            prompts = [build_prompt(i, e) for i, e in zip(items, few_shot_examples(items, k, seed=1))]
+            name = f"triphase_test_{family}_{k}shot"
+            write_lmeval_task(items, prompts, folder, task=name)
+            ours[name] = evaluate_items(model, tokenizer, items, prompts, max_new_tokens=2)
+            items_of[name] = items
+    release(model)
+    return folder, ours, items_of
+
+
+def test_simple_evaluate_equals_own_mc_accuracy(tiny_organism, embedded_lmeval_tasks):
+    from lm_eval.tasks import TaskManager
+
+    from triphase.checkpoints import load_checkpoint
+    from triphase.generation import option_loglikelihoods
+    from triphase.tasks import mc_options
+
+    folder, ours, items_of = embedded_lmeval_tasks
+    names = sorted(ours)
+    results = lm_eval.simple_evaluate(
+        model="hf", model_args={"pretrained": tiny_organism.final.source, "dtype": "float32"}, tasks=names,
+        device="cpu", batch_size=4, use_cache=None, cache_requests=False, log_samples=True, bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(folder), include_defaults=False),
+    )
+    model, tokenizer = load_checkpoint(tiny_organism.final, device="cpu")
+    for name in names:
+        acc = results["results"][name]["acc,none"]
+        assert results["n-samples"][name]["effective"] == N_ITEMS
+        assert acc == pytest.approx(ours[name]["mc_correct"].mean(), abs=1e-9), name
+        # per item and option: lm-eval's log-likelihoods equal ours (same tokenisation and truncation)
+        samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
+        items = items_of[name]
+        prompts = [s["doc"]["prompt"] for s in samples]
+        mine = option_loglikelihoods(model, tokenizer, prompts, [mc_options(i)[0] for i in items])
+        for sample, expected in zip(samples, mine):
+            theirs = np.array([float(r[0][0]) for r in sample["resps"]])
+            np.testing.assert_allclose(theirs, expected, atol=1e-3)
+
+
+def test_lmeval_checkpoint_rows_and_cache(tiny_organism, embedded_lmeval_tasks):
+    from triphase.lmeval import lmeval_checkpoint
+
+    folder, ours, _ = embedded_lmeval_tasks
+    names = [n for n in sorted(ours) if n.endswith("_0shot")]
+    df = lmeval_checkpoint(tiny_organism.final, names, device="cpu", include_path=folder, include_defaults=False,
+                           batch_size=4)
+    for col in ("series", "checkpoint", "step", "tokens_seen", "tier", "task", "metric", "value", "ci_low",
+                "ci_high", "n_items"):
+        assert col in df.columns
+    acc = df[df.metric == "mc_accuracy"].set_index("task")
+    for name in names:
+        assert acc.loc[name, "value"] == pytest.approx(ours[name]["mc_correct"].mean())
+        assert acc.loc[name, "n_items"] == N_ITEMS
+        assert acc.loc[name, "ci_low"] <= acc.loc[name, "value"] <= acc.loc[name, "ci_high"]
+    # a second call is served from triphase's cache (same key), not recomputed
+    again = lmeval_checkpoint(tiny_organism.final, names, device="cpu", include_path=folder,
+                              include_defaults=False, batch_size=4)
+    assert again.equals(df)
+
+
+def test_cache_key_follows_weights_not_names(tiny_organism, embedded_lmeval_tasks):
+    from lm_eval.tasks import TaskManager
+
+    from triphase.lmeval import lmeval_cache_key, model_identity
+
+    folder, ours, _ = embedded_lmeval_tasks
+    manager = TaskManager(include_path=str(folder), include_defaults=False)
+    first, last = tiny_organism.checkpoints[0], tiny_organism.final
+    id_first, id_last = model_identity(first), model_identity(last)
+    assert id_first["weights_sha256"] != id_last["weights_sha256"]
+    names = sorted(ours)[:1]
+    settings = {"num_fewshot": 0}
+    assert lmeval_cache_key(id_first, names, manager, settings) != lmeval_cache_key(id_last, names, manager, settings)
+    # the task config enters the key: editing the task YAML changes it
+    before = lmeval_cache_key(id_last, names, manager, settings)
+    yaml_path = folder / f"{names[0]}.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("version: 1.0", "version: 2.0"))
+    assert lmeval_cache_key(id_last, names, manager, settings) != before
+
+
+def test_hub_identity_is_the_resolved_commit(tmp_path, monkeypatch):
+    from triphase.checkpoints import Checkpoint
+    from triphase.lmeval import model_identity
+
+    commit = "a" * 40
+    repo_dir = tmp_path / "hub" / "models--org--model"
+    (repo_dir / "refs").mkdir(parents=True)
+    (repo_dir / "refs" / "step1000").write_text(commit)
+    (repo_dir / "snapshots" / commit).mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt = Checkpoint("s", "step1000", 1000, 10, "org/model", "step1000", "real")
+    assert model_identity(ckpt) == {"repo": "org/model", "revision": "step1000", "commit": commit}
+    missing = Checkpoint("s", "step2000", 2000, 20, "org/model", "step2000", "real")
+    with pytest.raises(RuntimeError, match="org/model@step2000"):
+        model_identity(missing)
+
+
+def test_ifeval_without_punkt_fails_early_with_command(tmp_path, monkeypatch):
+    import nltk
+
+    from triphase.lmeval import check_nltk_data
+
+    monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "no_nltk_data")])
+    with pytest.raises(RuntimeError, match=r"python -m nltk\.downloader punkt_tab"):
+        check_nltk_data(["arc_easy", "ifeval"])
+    check_nltk_data(["arc_easy", "piqa"])  # multiple-choice tasks need no NLTK data
+
+
+def test_real_presets_name_lmeval_tasks():
+    from triphase.tasks import resolve_tasks
+
+    kind, names = resolve_tasks(None, tier="real")
+    assert kind == "lmeval"
+    assert {"arc_easy", "arc_challenge", "piqa", "sciq", "hellaswag", "ifeval"} <= set(names)
+    # every preset task is defined by a YAML file shipped with the installed lm-eval
+    # (reading the files is much faster than building TaskManager's full index)
+    import re
+    from pathlib import Path
+
+    defined = set()
+    for path in (Path(lm_eval.__file__).parent / "tasks").rglob("*.yaml"):
+        defined.update(re.findall(r"^task: *([A-Za-z0-9_]+) *$", path.read_text(errors="ignore"), flags=re.M))
+    assert set(names) <= defined, f"unknown to lm-eval {lm_eval.__version__}: {set(names) - defined}"
