@@ -151,16 +151,12 @@ class StimulusStory:
 
 
 def _storyworld_stories(n: int, seed: int, sentences: int | None):
-    """Stories from the story world's held-out stream (passes a length if the generator takes one)."""
-    import inspect
-
+    """Stories from the story world's held-out stream (``sentences`` per story, or its default range)."""
     from .. import storyworld
 
-    params = inspect.signature(storyworld.stimulus_stories).parameters
-    for name in ("n_sentences", "sentences", "sentences_per_story"):
-        if name in params and sentences is not None:
-            return storyworld.stimulus_stories(n, seed=seed, **{name: sentences})
-    return storyworld.stimulus_stories(n, seed=seed)
+    if sentences is None:
+        return storyworld.stimulus_stories(n, seed=seed)
+    return storyworld.stimulus_stories(n, seed=seed, n_sentences=int(sentences))
 
 
 def speaking_times(letters: np.ndarray, sentence_end: np.ndarray, timing: dict, rng) -> tuple[np.ndarray, np.ndarray]:
