@@ -157,8 +157,11 @@ def execute_notebook(name: str, parameters: dict, output: Path, force: bool = Fa
         if previous.get("input_key") == key:
             return False
     kernel = ensure_kernel()
-    failed = data_home() / "failed" / output.relative_to(root).with_suffix("").as_posix().replace("/", "__")
-    failed = failed.with_suffix(".ipynb")
+    try:
+        label = output.resolve().relative_to(root.resolve()).with_suffix("").as_posix()
+    except ValueError:  # an output outside the book tree
+        label = output.with_suffix("").as_posix().strip("/")
+    failed = (data_home() / "failed" / label.replace("/", "__")).with_suffix(".ipynb")
     scratch = data_home() / "runs" / f".{output.stem}.{os.getpid()}.ipynb"
     scratch.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
