@@ -9,31 +9,68 @@ import pytest
 
 from triphase.runner import run
 from conftest import REPO_ROOT
-from test_runner import book_copy  # noqa: F401  (fixture)
+from test_runner import BOOK_DIRS, BOOK_FILES
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 
-@pytest.fixture
-def built_book(tiny_organism, book_copy):  # noqa: F811
-    config = {"series": ["organism-tiny"], "checkpoints": 4, "notebooks": ["00_organism"], "device": "cpu",
-              "parameters": {"00_organism": {"max_new_tokens": 5, "n_sample_checkpoints": 2}}}
-    run(config, root=book_copy, build=True, progress=False)
+@pytest.fixture(scope="module")
+def built_book(tiny_organism, tmp_path_factory):
+    """The whole book built once for this module from a copy of the sources."""
+    import os
+
+    book_copy = tmp_path_factory.mktemp("bookroot")
+    for name in BOOK_FILES:
+        shutil.copy(REPO_ROOT / name, book_copy / name)
+    for name in BOOK_DIRS:
+        shutil.copytree(REPO_ROOT / name, book_copy / name, ignore=shutil.ignore_patterns("executed", "_build"))
+    # every chapter, on the tiny organism x the tiny participant, with small statistics settings
+    config = {"series": ["organism-tiny"], "checkpoints": 4, "device": "cpu",
+              "dataset_options": {"preset": "tiny"},
+              "parameters": {"00_organism": {"max_new_tokens": 5, "n_sample_checkpoints": 2},
+                             "01_brain_alignment": {"n_perm": 100, "n_boot": 100, "layers": [0, 2]},
+                             "02_internal_states": {"n_stories": 3, "token_budget": 512, "probe_splits": 3,
+                                                    "induction_sequences": 4},
+                             "03_downstream_tasks": {"n_items": 8, "few_shot": [0]},
+                             "04_phases": {"n_boot": 20, "n_null": 19}}}
+    previous = os.environ.get("TRIPHASE_BOOK_ROOT")
+    os.environ["TRIPHASE_BOOK_ROOT"] = str(book_copy)
+    try:
+        run(config, root=book_copy, build=True, progress=False)
+    finally:
+        if previous is None:
+            os.environ.pop("TRIPHASE_BOOK_ROOT", None)
+        else:
+            os.environ["TRIPHASE_BOOK_ROOT"] = previous
     return book_copy / "_build" / "html"
 
 
+EXECUTED_PAGES = ("organism-tiny/00_organism.html",
+                  "organism-tiny/simulated-sim01/01_brain_alignment.html",
+                  "organism-tiny/simulated-sim01/02_internal_states.html",
+                  "organism-tiny/simulated-sim01/03_downstream_tasks.html",
+                  "synthesis/04_phases.html")
+NARRATIVE_PAGES = ("intro", "methods_brain", "methods_internal", "methods_tasks", "methods_phases",
+                   "real_tier", "workshop", "api")
+
+
 @pytest.mark.slow
-def test_book_builds_with_intro_and_organism_chapter(built_book):
+def test_book_builds_with_every_chapter(built_book):
     assert (built_book / "index.html").exists()
     intro = (built_book / "book" / "intro.html").read_text()
     assert "Triple Phase Transitions" in intro and "Nakagi" in intro
-    organism = built_book / "book" / "executed" / "organism-tiny" / "00_organism.html"
-    html = organism.read_text()
-    assert "The model organism" in html and "<img" in html
+    for page in NARRATIVE_PAGES:
+        assert (built_book / "book" / f"{page}.html").exists(), page
+    for page in EXECUTED_PAGES:
+        html = (built_book / "book" / "executed" / page).read_text()
+        assert "<img" in html, f"{page} has no figure"
+        assert "Traceback" not in html, f"{page} shows an error"
+    api = (built_book / "book" / "api.html").read_text()
+    assert "train_organism" in api and "detect_phases" in api  # generated from docstrings
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def served(built_book):
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_book))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -52,7 +89,9 @@ def test_pages_render_in_headless_chromium(served):
     base, html_root = served
     pages = sorted(p.relative_to(html_root).as_posix() for p in html_root.rglob("*.html")
                    if not p.name.startswith(("genindex", "search")) and "_static" not in p.parts)
-    assert "book/intro.html" in pages and any(p.endswith("00_organism.html") for p in pages)
+    for page in EXECUTED_PAGES:
+        assert f"book/executed/{page}" in pages
+    assert "book/intro.html" in pages
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
@@ -65,11 +104,11 @@ def test_pages_render_in_headless_chromium(served):
             assert response is not None and response.ok, rel
             main_text = page.inner_text("main") if page.query_selector("main") else page.inner_text("body")
             assert len(main_text.strip()) > 50, f"{rel} has no content"
-            if rel.endswith("00_organism.html"):
+            if "/executed/" in rel:
                 images = page.eval_on_selector_all("main img", "imgs => imgs.map(i => [i.src, i.complete, i.naturalWidth])")
-                assert images, "organism page shows no images"
+                assert images, f"{rel} shows no images"
                 broken = [src for src, complete, width in images if not complete or width == 0]
-                assert not broken, f"images failed to load: {broken}"
-                page.screenshot(path=str(ARTIFACTS / "organism_page.png"), full_page=True)
+                assert not broken, f"{rel}: images failed to load: {broken}"
+                page.screenshot(path=str(ARTIFACTS / (Path(rel).stem + ".png")), full_page=True)
         browser.close()
-    assert (ARTIFACTS / "organism_page.png").stat().st_size > 10_000
+    assert (ARTIFACTS / "00_organism.png").stat().st_size > 10_000
