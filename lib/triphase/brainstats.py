@@ -38,7 +38,8 @@ DEFAULT_BLOCK = 10
 MAX_CHUNK_ELEMENTS = 2**25
 
 
-def _check_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_pair(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Observed and predicted responses as float arrays (TRs x voxels) of equal shape."""
     y_true = np.asarray(y_true, dtype=float)
     y_pred = np.asarray(y_pred, dtype=float)
     if y_true.ndim == 1:
@@ -197,7 +198,7 @@ def block_permutation_test(
     >>> bool((p < 0.01).all())
     True
     """
-    y_true, y_pred = _check_pair(y_true, y_pred)
+    y_true, y_pred = check_pair(y_true, y_pred)
     if n_perm < 1:
         raise ValueError(f"n_perm must be >= 1, got {n_perm}")
     n_trs, n_voxels = y_true.shape
@@ -364,7 +365,7 @@ def bootstrap_score_ci(
     >>> bool(res.ci_low < res.estimate < res.ci_high)
     True
     """
-    y_true, y_pred = _check_pair(y_true, y_pred)
+    y_true, y_pred = check_pair(y_true, y_pred)
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie in (0, 1), got {ci}")
     if n_boot < 2:

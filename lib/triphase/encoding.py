@@ -53,6 +53,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import pandas as pd
 
+from .brainstats import check_pair
+
 #: Ridge penalties tried per voxel: 21 values log-spaced from 1e-2 to 1e8. The
 #: grid is wide because the best alpha scales with the number of samples and
 #: with the voxel's SNR (noise-only voxels pick the largest).
@@ -536,14 +538,7 @@ def score_voxels(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     >>> score_voxels(y, 2 * y)
     array([ 1., nan])
     """
-    y_true = np.asarray(y_true, dtype=float)
-    y_pred = np.asarray(y_pred, dtype=float)
-    if y_true.ndim == 1:
-        y_true = y_true[:, None]
-    if y_pred.ndim == 1:
-        y_pred = y_pred[:, None]
-    if y_true.shape != y_pred.shape:
-        raise ValueError(f"y_true has shape {y_true.shape} but y_pred has {y_pred.shape}; expected equal (TRs x voxels)")
+    y_true, y_pred = check_pair(y_true, y_pred)
     finite = np.isfinite(y_true).all(axis=0) & np.isfinite(y_pred).all(axis=0)
     yt = np.where(finite, y_true, 0.0)
     yp = np.where(finite, y_pred, 0.0)
