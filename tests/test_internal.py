@@ -240,17 +240,18 @@ def test_probe_r2_high_on_planted_target_and_near_zero_when_shuffled():
     assert abs(internal.probe_r2(x, target, groups, shuffle=True)) < 0.03
 
 
-def test_ridge_probes_match_scikit_learn():
+@pytest.mark.parametrize("n, d", [(400, 12), (150, 300)])  # the d x d and the n x n decompositions
+def test_ridge_probes_match_scikit_learn(n, d):
     from sklearn.linear_model import RidgeClassifierCV, RidgeCV
     from sklearn.model_selection import GroupKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((400, 12))
-    target = x @ rng.standard_normal(12) + 3 * rng.standard_normal(400)
-    labels = np.digitize(x[:, :3].sum(axis=1) + rng.standard_normal(400), [-1, 0, 1])
-    groups = np.arange(400) // 40
+    x = rng.standard_normal((n, d))
+    target = x[:, :12] @ rng.standard_normal(12) + 3 * rng.standard_normal(n)
+    labels = np.digitize(x[:, :3].sum(axis=1) + rng.standard_normal(n), [-1, 0, 1])
+    groups = np.arange(n) // (n // 10)
     ours = internal.ridge_probes(x, {"r": ("regression", target), "c": ("classification", labels)}, groups)
     folds = GroupKFold(internal.PROBE_SPLITS)
     alphas = internal.PROBE_ALPHAS

@@ -781,9 +781,12 @@ def _tier(table: pd.DataFrame) -> str:
     return tiers[0] if len(tiers) == 1 else "real"
 
 
-def plot_measures(table: pd.DataFrame, measures: Sequence[str], col_wrap: int = 3, height: float = 2.6):
+def plot_measures(table: pd.DataFrame, measures: Sequence[str], col_wrap: int = 3, height: float = 2.6,
+                  controls: bool = True):
     """Each measure against tokens seen (log x; step0 at the left edge), one line per layer.
 
+    With ``controls``, a measure's shuffled-label control (``<measure>_shuffled``,
+    averaged over layers) is drawn in the same panel as a grey dashed line.
     Returns the seaborn ``FacetGrid``; the title says the tier.
     """
     import seaborn as sns
@@ -804,6 +807,15 @@ def plot_measures(table: pd.DataFrame, measures: Sequence[str], col_wrap: int = 
                        aspect=1.3, facet_kws={"sharey": False}, palette="viridis")
     grid.set(xscale="log")
     grid.set_titles("{col_name}")
+    if controls:
+        for measure, ax in grid.axes_dict.items():
+            control = table[(table["measure"] == f"{measure}_shuffled") & (table["head"] == NO_HEAD)]
+            if control.empty:
+                continue
+            mean = control.groupby("tokens_seen", as_index=False)["value"].mean()
+            ax.plot(log_positions(mean["tokens_seen"].to_numpy()), mean["value"], ls="--", color="0.5", lw=1,
+                    label="shuffled labels")
+            ax.legend(frameon=False, fontsize=7, loc="best")
     grid.figure.suptitle(tier_label(_tier(table)), y=1.02, fontsize=10)
     return grid
 
