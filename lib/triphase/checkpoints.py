@@ -194,8 +194,12 @@ def load_checkpoint(checkpoint: Checkpoint, device: str = "auto", dtype=None, **
     model, tokenizer
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
     from .hub import ensure_available, hub_load_kwargs
+
+    # one "Loading weights" bar per checkpoint would bury the notebooks' own progress bars
+    transformers_logging.disable_progress_bar()
 
     ensure_available(checkpoint)
     device = resolve_device(device)
