@@ -13,17 +13,10 @@ from triphase.brainstats import (
     fraction_significant,
     noise_ceiling,
 )
+from signals import ar1
 from triphase.encoding import score_voxels
 
 
-def _ar1(rng, shape, phi=0.5):
-    """Unit-variance AR(1) series along axis 0 (fMRI-like autocorrelation)."""
-    eps = rng.standard_normal(shape)
-    out = np.empty(shape)
-    out[0] = eps[0]
-    for t in range(1, shape[0]):
-        out[t] = phi * out[t - 1] + np.sqrt(1 - phi**2) * eps[t]
-    return out
 
 
 # --------------------------------------------------------------------------- noise ceiling
@@ -33,7 +26,7 @@ def test_noise_ceiling_recovers_planted_snr():
     rng = np.random.default_rng(0)
     n_repeats, n_trs, n_voxels = 4, 400, 1500
     signal_var = rng.uniform(0.0, 2.0, n_voxels)
-    signal = _ar1(rng, (n_trs, n_voxels)) * np.sqrt(signal_var)
+    signal = ar1(rng, (n_trs, n_voxels)) * np.sqrt(signal_var)
     repeats = signal[None] + rng.standard_normal((n_repeats, n_trs, n_voxels))  # noise variance 1
     nc = noise_ceiling(repeats)
     true_cc_max = np.sqrt(signal_var / (signal_var + 1.0 / n_repeats))
@@ -87,8 +80,8 @@ def test_permutation_pvalues_match_naive_loop():
 def test_permutation_false_positive_rate_under_null():
     rng = np.random.default_rng(3)
     n_trs, n_voxels = 300, 3000
-    y_true = _ar1(rng, (n_trs, n_voxels))
-    y_pred = _ar1(rng, (n_trs, n_voxels))
+    y_true = ar1(rng, (n_trs, n_voxels))
+    y_pred = ar1(rng, (n_trs, n_voxels))
     pvals = block_permutation_test(y_true, y_pred, block=10, n_perm=1000, seed=0)
     false_positive_rate = np.mean(pvals <= 0.05)
     assert false_positive_rate <= 0.06
@@ -98,7 +91,7 @@ def test_permutation_false_positive_rate_under_null():
 
 def test_permutation_detects_signal_and_flags_constant_voxels():
     rng = np.random.default_rng(4)
-    y = _ar1(rng, (200, 5))
+    y = ar1(rng, (200, 5))
     pred = y + 0.5 * rng.standard_normal((200, 5))
     pred[:, 3] = 1.0
     pvals = block_permutation_test(y, pred, n_perm=500, seed=1)
@@ -145,8 +138,8 @@ def test_bootstrap_ci_covers_planted_mean_r():
     true_mean_r = np.mean(1 / np.sqrt(1 + noise_sd**2))  # corr(s, s + noise) for unit-variance s
     covered = 0
     for i in range(n_datasets):
-        signal = _ar1(rng, (n_trs, n_voxels), phi=0.3)
-        measured = signal + noise_sd * _ar1(rng, (n_trs, n_voxels), phi=0.3)
+        signal = ar1(rng, (n_trs, n_voxels), phi=0.3)
+        measured = signal + noise_sd * ar1(rng, (n_trs, n_voxels), phi=0.3)
         res = bootstrap_score_ci(measured, signal, block=10, n_boot=300, seed=i)
         covered += res.ci_low <= true_mean_r <= res.ci_high
         if i == 0:

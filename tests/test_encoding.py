@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from signals import ar1
 from triphase.encoding import (
     DEFAULT_ALPHAS,
     BadVoxelWarning,
@@ -26,13 +27,6 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def _ar1(rng, shape, phi=0.5):
-    eps = rng.standard_normal(shape)
-    out = np.empty(shape)
-    out[0] = eps[0]
-    for t in range(1, shape[0]):
-        out[t] = phi * out[t - 1] + np.sqrt(1 - phi**2) * eps[t]
-    return out
 
 
 def simulate(seed=0, n_train=5, n_trs=200, n_test_trs=300, n_true=20, n_distractor=10, n_voxels=300):
@@ -47,10 +41,10 @@ def simulate(seed=0, n_train=5, n_trs=200, n_test_trs=300, n_true=20, n_distract
     X, Y, S = {}, {}, {}
     for name in names:
         n = n_test_trs if name == "test" else n_trs
-        true = _ar1(rng, (n, n_true))
+        true = ar1(rng, (n, n_true))
         S[name] = true @ weights * amplitude
-        Y[name] = S[name] + _ar1(rng, (n, n_voxels))
-        X[name] = np.hstack([true, _ar1(rng, (n, n_distractor))])
+        Y[name] = S[name] + ar1(rng, (n, n_voxels))
+        X[name] = np.hstack([true, ar1(rng, (n, n_distractor))])
     return X, Y, S, names[:-1], "test"
 
 
