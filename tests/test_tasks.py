@@ -183,6 +183,10 @@ def test_option_loglikelihoods_equal_manual_sum(tiny_lm):
             logp = torch.log_softmax(model(torch.tensor([whole])).logits[0], -1)
         expected = sum(float(logp[t - 1, whole[t]]) for t in range(len(ctx_ids), len(whole)))
         assert value == pytest.approx(expected, abs=1e-4)
+    # two items with the same context share forward passes; each still gets its own options' values
+    twice = option_loglikelihoods(model, tokenizer, [context, context], [options, options[::-1]], batch_size=2)
+    np.testing.assert_allclose(twice[0], ll, atol=1e-5)
+    np.testing.assert_allclose(twice[1], ll[::-1], atol=1e-5)
 
 
 # --------------------------------------------------------------------------- multiple choice and prompts

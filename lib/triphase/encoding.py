@@ -251,17 +251,18 @@ def find_bad_voxels(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class LeaveStoriesOutRidgeCV:
-    """Ridge with per-target alpha chosen by given CV splits, solved through one SVD per split.
+    """Ridge with per-target alpha chosen by given CV splits, solved through one eigendecomposition per split.
 
     Numerically the same model as himalaya's ``RidgeCV(solver="svd")`` with
     ``local_alpha=True`` (same splits, score, tie-breaking towards larger
     alphas, refit on all rows; the tests check the two agree), written on
-    himalaya's backend so it runs on numpy, torch, cupy. It avoids two costs of
-    the general himalaya solver: validation predictions are formed as
-    ``(X_val V) diag(s / (s^2 + alpha)) (U^T Y_train)`` (inner dimension
-    ``n_features`` instead of ``n_train``), and the refit builds each voxel's
-    weights from a single SVD, ``W = V diag(s / (s^2 + alpha_v)) U^T Y``,
-    instead of one full product per distinct alpha.
+    himalaya's backend so it runs on numpy, torch, cupy. With
+    ``X^T X = V diag(lambda) V^T`` (decomposed in float64), validation
+    predictions are formed as ``(X_val V) diag(1 / (lambda + alpha)) (V^T X^T Y_train)``
+    (inner dimension ``n_features`` instead of ``n_train``), and the refit
+    builds each voxel's weights from the same decomposition,
+    ``W = V diag(1 / (lambda + alpha_v)) V^T X^T Y``, instead of one full
+    product per distinct alpha.
 
     Attributes after :meth:`fit`: ``coef_`` (n_features, n_targets),
     ``intercept_`` (n_targets,), ``best_alphas_`` and ``cv_scores_`` (n_targets,).
@@ -285,7 +286,6 @@ class LeaveStoriesOutRidgeCV:
         n_samples, n_targets = Y.shape
         alphas = backend.asarray(np.asarray(self.alphas, dtype=np.float64), dtype=X.dtype)
         batch = self.n_targets_batch or n_targets
-        # Alphas per product so that one block of predictions stays under the element budget.
         scores = backend.zeros_like(X, shape=(len(self.cv), len(self.alphas), n_targets))
         for split, (train, val) in enumerate(self.cv):
             train = backend.asarray(np.asarray(train))
@@ -294,10 +294,12 @@ class LeaveStoriesOutRidgeCV:
             if self.fit_intercept:
                 x_mean = X_train.mean(0)
                 X_train, X_val = X_train - x_mean, X_val - x_mean
-            U, s, Vt = backend.svd(X_train, full_matrices=False)
-            projected = backend.matmul(X_val, Vt.T)  # (n_val, k)
-            shrink = s[None, :] / (s[None, :] ** 2 + alphas[:, None])  # (n_alphas, k)
+            eigenvalues, V = self._eigh_gram(X_train)
+            projected = backend.matmul(X_val, V)  # (n_val, k)
+            train_projected = backend.matmul(X_train, V)  # (n_train, k), = U diag(s)
+            shrink = 1.0 / (eigenvalues[None, :] + alphas[:, None])  # (n_alphas, k)
             n_val = X_val.shape[0]
+            # Alphas per product so that one block of predictions stays under the element budget.
             alpha_step = max(1, PREDICTION_BLOCK_ELEMENTS // max(1, n_val * min(batch, n_targets)))
             for t0 in range(0, n_targets, batch):
                 cols = slice(t0, t0 + batch)
@@ -305,11 +307,11 @@ class LeaveStoriesOutRidgeCV:
                 if self.fit_intercept:
                     y_mean = Y_train.mean(0)
                     Y_train, Y_val = Y_train - y_mean, Y_val - y_mean
-                UtY = backend.matmul(U.T, Y_train)  # (k, batch)
-                # Validation statistics that need no predictions: with c = shrink * UtY,
-                # sum_t y_t pred_t = sum_k shrink_k (UtY * P^T y)_k and sum_t pred_t = sum_k shrink_k (UtY * P^T 1)_k.
-                cross = backend.matmul(shrink, UtY * backend.matmul(projected.T, Y_val))  # (n_alphas, batch)
-                pred_sum = backend.matmul(shrink, UtY * projected.sum(0)[:, None])
+                VtXtY = backend.matmul(train_projected.T, Y_train)  # (k, batch)
+                # Validation statistics that need no predictions: with c = shrink * VtXtY,
+                # sum_t y_t pred_t = sum_k shrink_k (VtXtY * P^T y)_k and sum_t pred_t = sum_k shrink_k (VtXtY * P^T 1)_k.
+                cross = backend.matmul(shrink, VtXtY * backend.matmul(projected.T, Y_val))  # (n_alphas, batch)
+                pred_sum = backend.matmul(shrink, VtXtY * projected.sum(0)[:, None])
                 y_sum = Y_val.sum(0)
                 y_sq = (Y_val * Y_val).sum(0)
                 pred_sq = backend.zeros_like(cross)
@@ -318,8 +320,8 @@ class LeaveStoriesOutRidgeCV:
                     # One 2-D GEMM with alphas stacked along rows (numpy's broadcast batched
                     # matmul does not reach BLAS speed).
                     scaled = (projected[None] * block[:, None, :]).reshape(len(block) * n_val, -1)
-                    predictions = backend.matmul(scaled, UtY).reshape(len(block), n_val, -1)
-                    pred_sq[a0:a0 + alpha_step] = (predictions * predictions).sum(1)
+                    predictions = backend.matmul(scaled, VtXtY).reshape(len(block), n_val, -1)
+                    pred_sq[a0:a0 + alpha_step] = backend.einsum("atv,atv->av", predictions, predictions)
                     del predictions
                 scores[split, :, cols] = self._score(cross, pred_sum, pred_sq, y_sum, y_sq, n_val)
         mean_scores = backend.to_numpy(scores).astype(np.float64).mean(0)
@@ -335,17 +337,37 @@ class LeaveStoriesOutRidgeCV:
             Xc, Yc = X - x_mean, Y - y_mean
         else:
             Xc, Yc = X, Y
-        U, s, Vt = backend.svd(Xc, full_matrices=False)
+        eigenvalues, V = self._eigh_gram(Xc)
+        train_projected = backend.matmul(Xc, V)
         best = backend.asarray(self.best_alphas_, dtype=X.dtype)
         coef = backend.zeros_like(X, shape=(X.shape[1], n_targets))
         for t0 in range(0, n_targets, batch):
             cols = slice(t0, t0 + batch)
-            UtY = backend.matmul(U.T, Yc[:, cols])
-            shrink = s[:, None] / (s[:, None] ** 2 + best[None, cols])
-            coef[:, cols] = backend.matmul(Vt.T, UtY * shrink)
+            VtXtY = backend.matmul(train_projected.T, Yc[:, cols])
+            shrink = 1.0 / (eigenvalues[:, None] + best[None, cols])
+            coef[:, cols] = backend.matmul(V, VtXtY * shrink)
         self.coef_ = coef
         self.intercept_ = (y_mean - backend.matmul(x_mean, coef)) if self.fit_intercept else None
         return self
+
+    @staticmethod
+    def _eigh_gram(X):
+        """Eigenvalues (clipped at 0) and eigenvectors of ``X^T X``, decomposed in float64.
+
+        The ridge solution is ``V diag(1 / (lambda + alpha)) V^T X^T Y``; working
+        from the small (n_features x n_features) Gram matrix is several times
+        cheaper than an SVD of the tall ``X``, and float64 keeps the small
+        eigenvalues accurate when ``X`` is float32.
+        """
+        from himalaya.backend import get_backend
+
+        backend = get_backend()
+        X64 = backend.asarray(X, dtype="float64")
+        gram = backend.matmul(X64.T, X64)
+        # numpy's LAPACK driver (syevd) is about twice as fast as scipy's default (syevr) here.
+        eigenvalues, V = np.linalg.eigh(gram) if backend.name == "numpy" else backend.eigh(gram)
+        eigenvalues = backend.clip(eigenvalues, 0, None)
+        return backend.asarray(eigenvalues, dtype=X.dtype), backend.asarray(V, dtype=X.dtype)
 
     def _score(self, cross, pred_sum, pred_sq, y_sum, y_sq, n):
         """Validation score per (alpha, target) from sums, as himalaya's correlation_score / r2_score."""

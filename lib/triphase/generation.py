@@ -297,26 +297,32 @@ def option_loglikelihoods(model, tokenizer, contexts: Sequence[str], options: Se
         inp = (ctx_ids + cont_ids)[-(max_length + 1):][:-1]
         requests.append((i, j, inp, cont_ids))
     out = [np.full(len(opts), np.nan) for opts in options]
-    order = sorted(range(len(requests)), key=lambda r: -len(requests[r][2]))
+    # Options of one token share the model input (the context): one forward pass serves all of them.
+    readers: dict[tuple[int, ...], list[tuple[int, int, list[int]]]] = {}
+    for i, j, inp, cont in requests:
+        readers.setdefault(tuple(inp), []).append((i, j, cont))
+    inputs = list(readers)
+    order = sorted(range(len(inputs)), key=lambda k: -len(inputs[k]))
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     pad_id = _pad_id(tokenizer)
     with torch.inference_mode():
         for batch in tqdm(batches, desc="option log-likelihoods", disable=not progress, leave=False):
-            width = max(len(requests[r][2]) for r in batch)
+            width = max(len(inputs[k]) for k in batch)
             ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, r in enumerate(batch):
-                inp = requests[r][2]
+            for row, k in enumerate(batch):
+                inp = inputs[k]
                 ids[row, :len(inp)] = torch.tensor(inp)  # right padding: real positions unchanged
                 mask[row, :len(inp)] = 1
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
-            for row, r in enumerate(batch):
-                i, j, inp, cont = requests[r]
-                n_cont = len(cont)
-                # logits at position t predict token t+1: the continuation's tokens are
-                # predicted by the last n_cont positions of the (unpadded) input
-                positions = torch.arange(len(inp) - n_cont, len(inp))
-                picked = logprobs[row, positions, torch.tensor(cont)]
-                out[i][j] = float(picked.sum())
+            for row, k in enumerate(batch):
+                n_inp = len(inputs[k])
+                for i, j, cont in readers[inputs[k]]:
+                    n_cont = len(cont)
+                    # logits at position t predict token t+1: the continuation's tokens are
+                    # predicted by the last n_cont positions of the (unpadded) input
+                    positions = torch.arange(n_inp - n_cont, n_inp)
+                    picked = logprobs[row, positions, torch.tensor(cont)]
+                    out[i][j] = float(picked.sum())
     return out
