@@ -196,3 +196,73 @@ def test_offline_sweep_through_the_hub_cache(weight_folders, tmp_path):
         assert got.shape == (3, len(words), 16)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     assert not np.allclose(np.load(out / "step0.npy"), np.load(out / "step1.npy"))
+
+
+PIPELINES_SCRIPT = textwrap.dedent("""
+    import json, warnings
+    import pandas as pd
+    from triphase import results_dir
+    from triphase.brain import brain_alignment
+    from triphase.integrity import MissingCheckpointWarning, load_flags
+    from triphase.internal_states import internal_states
+    from triphase.tasks import downstream_tasks
+
+    chosen = ["step0", "step1", "step2", "step16", "step143000"]
+    tiny = {"preset": "tiny"}
+    out = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tables = {
+            "brain": brain_alignment("pythia-14m", checkpoints=chosen, dataset="simulated", subject="sim01",
+                                     dataset_options=tiny, n_perm=20, n_boot=20, controls=[], device="cpu",
+                                     progress=False),
+            "internal": internal_states("pythia-14m", checkpoints=chosen, dataset="simulated", subject="sim01",
+                                        dataset_options=tiny, n_stories=2, token_budget=64, probe_splits=2,
+                                        induction_sequences=2, induction_length=8, device="cpu", progress=False),
+            "tasks": downstream_tasks("pythia-14m", checkpoints=chosen, tasks=["yesno"], n_items=3, few_shot=0,
+                                      device="cpu", progress=False),
+        }
+    folder = results_dir("pythia-14m", "simulated", "sim01")
+    for name, table in tables.items():
+        ids = table[["checkpoint", "commit", "fingerprint", "integrity_flag"]].drop_duplicates()
+        out[name] = {"identity": ids.to_dict(orient="records"),
+                     "flags": load_flags(folder, name)[["checkpoint", "missing", "flag"]].to_dict(orient="records"),
+                     "on_disk": sorted(pd.read_parquet(folder / {"brain": "brain.parquet", "internal": "internal.parquet",
+                                                                  "tasks": "tasks.parquet"}[name])["checkpoint"].unique())}
+    out["warnings"] = [str(w.message) for w in caught if issubclass(w.category, MissingCheckpointWarning)]
+    print(json.dumps(out))
+""")
+
+
+def test_every_pipeline_skips_a_missing_branch_and_flags_duplicates(weight_folders, tmp_path):
+    """brain, internal states and tasks through the offline hub cache: identity columns, flags, skip by name."""
+    hf_home = tmp_path / "hf"
+    w0, w1, w2 = weight_folders
+    # step1 == step2 (consecutive identical weights); step16 is missing from the cache.
+    planted = {"step0": w0, "step1": w1, "step2": w1, "step143000": w2}
+    commits = {rev: write_hub_revision(hf_home / "hub", REPO, rev, folder) for rev, folder in planted.items()}
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TRIPHASE_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-c", PIPELINES_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded = ["step0", "step1", "step2", "step143000"]
+    for name in ("brain", "internal", "tasks"):
+        part = result[name]
+        assert part["on_disk"] == sorted(loaded), name
+        identity = {r["checkpoint"]: r for r in part["identity"]}
+        assert sorted(identity) == sorted(loaded), name
+        for rev in loaded:
+            assert identity[rev]["commit"] == commits[rev], (name, rev)
+        assert identity["step1"]["fingerprint"] == identity["step2"]["fingerprint"] != identity["step0"]["fingerprint"]
+        assert identity["step2"]["integrity_flag"] == "identical weights to the previous checkpoint step1", name
+        assert [identity[r]["integrity_flag"] for r in ("step0", "step1", "step143000")] == ["", "", ""], name
+        flags = {r["checkpoint"]: r for r in part["flags"]}
+        assert list(flags) == ["step0", "step1", "step2", "step16", "step143000"], name
+        assert flags["step16"]["missing"] and flags["step16"]["flag"].startswith("missing: "), name
+        assert "triphase fetch model pythia-14m --checkpoints step16" in flags["step16"]["flag"], name
+    # each pipeline warned once, by name
+    assert len(result["warnings"]) == 3
+    assert all("skipped checkpoint step16" in w for w in result["warnings"])

@@ -133,7 +133,11 @@ def small_run(tiny_organism):
 
 def test_pipeline_table_is_tidy_and_complete(tiny_organism, small_run):
     table = small_run
-    assert list(table.columns) == ist.TABLE_COLUMNS
+    assert list(table.columns) == ist.TABLE_COLUMNS + ["commit", "fingerprint", "integrity_flag"]
+    # the organism's checkpoints are local folders: no commit, a distinct fingerprint each, nothing flagged
+    identity = table.drop_duplicates("checkpoint")
+    assert identity["commit"].isna().all()
+    assert identity["fingerprint"].nunique() == 3 and (identity["integrity_flag"] == "").all()
     assert set(table["tier"]) == {"embedded"}
     chosen = table["checkpoint"].unique().tolist()
     assert len(chosen) == 3 and chosen[0] == "step0" and chosen[-1] == tiny_organism.final.name

@@ -37,6 +37,7 @@ _LAZY = {
     "fdr_bh": "brainstats", "bootstrap_score_ci": "brainstats", "brain_alignment": "brain",
     # the real tier
     "checkpoint_identity": "hub", "integrity_flags": "hub", "models_table": "hub",
+    "checkpoint_flags": "integrity", "integrity_summary": "integrity",
     # phases
     "detect_phases": "phases", "describe_phases": "phases", "alignment_table": "phases",
     # plotting

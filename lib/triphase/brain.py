@@ -45,6 +45,7 @@ from ._io import atomic_dir, atomic_path, stable_hash, write_parquet
 from .brainstats import DEFAULT_BLOCK, block_permutation_test, bootstrap_score_ci, fdr_bh, noise_ceiling
 from .encoding import ALL_REGIONS, DEFAULT_ALPHAS, DEFAULT_N_SPLITS, brain_scores, fit_encoding_model, score_voxels
 from .features import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT, cached_story_features, model_config_hash
+from .integrity import SweepLog, attach_identity, checkpoint_flags, missing_reason, write_flags
 from .timeseries import DEFAULT_DELAYS, check_rows, make_delayed, story_design
 
 #: Bump when the scores' computation changes (keys the per-checkpoint cache).
@@ -232,8 +233,10 @@ def control_design(kind: str, data: BrainData, model_design: dict[str, np.ndarra
 def _resolve_context(checkpoint, context: int | None) -> int:
     from transformers import AutoConfig
 
-    extra = {"revision": checkpoint.revision} if checkpoint.revision else {}
-    config = AutoConfig.from_pretrained(checkpoint.source, **extra)
+    from .hub import ensure_available, hub_load_kwargs
+
+    ensure_available(checkpoint)
+    config = AutoConfig.from_pretrained(checkpoint.source, **hub_load_kwargs(checkpoint))
     max_positions = getattr(config, "max_position_embeddings", None)
     if context is None:
         return min(DEFAULT_CONTEXT, max_positions) if max_positions else DEFAULT_CONTEXT
@@ -329,11 +332,6 @@ def score_checkpoint(checkpoint, data: BrainData, settings: dict, controls: Sequ
     table = pd.concat(frames, ignore_index=True)
     for name, value in reversed(list(checkpoint.columns().items())):
         table.insert(0, name, value)
-    from .hub import identity_of
-
-    identity = identity_of(checkpoint, device=device, dtype=dtype)
-    table["commit"] = identity["commit"]
-    table["fingerprint"] = identity["fingerprint"]
     table.insert(5, "dataset", data.dataset.name)
     table.insert(6, "subject", data.subject)
     table["dataset_tier"] = data.dataset.tier
@@ -437,20 +435,31 @@ def brain_alignment(
     )
     frames, voxel_maps = [], {}
     final = ser.checkpoints[-1].name
+    log = SweepLog("brain alignment")
     bar = tqdm(chosen, desc="brain alignment", unit="checkpoint", disable=not progress)
     for ckpt in bar:
-        settings["context"] = _resolve_context(ckpt, context)
         ckpt_controls = list(controls) if ckpt.name == final else []
 
         def report(message, name=ckpt.name):
             bar.set_postfix_str(f"{name} {message}", refresh=True)
 
-        table, voxel_r = score_checkpoint(ckpt, data, settings, ckpt_controls, device, dtype, report)
+        try:
+            settings["context"] = _resolve_context(ckpt, context)
+            table, voxel_r = score_checkpoint(ckpt, data, settings, ckpt_controls, device, dtype, report)
+        except Exception as exc:  # noqa: BLE001 - only a missing branch is skipped, anything else re-raised
+            reason = missing_reason(exc, ckpt)
+            if reason is None:
+                raise
+            log.skip(ckpt, reason)
+            continue
         frames.append(table)
         voxel_maps[ckpt.name] = voxel_r
-    result = pd.concat(frames, ignore_index=True)
+    log.check_any_done(chosen)
+    flags = checkpoint_flags(chosen, log, device=device, dtype=dtype)
+    result = attach_identity(pd.concat(frames, ignore_index=True), flags)
     if write:
         out = results_dir(ser.name, ds.name, subject)
+        write_flags(flags, out, "brain")
         for name, maps in voxel_maps.items():
             with atomic_path(out / "voxel_r" / f"{name}.npz") as tmp:
                 with open(tmp, "wb") as handle:

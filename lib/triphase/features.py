@@ -292,8 +292,10 @@ def model_config_hash(checkpoint) -> str:
     """Hash of a checkpoint's model configuration, read without loading weights."""
     from transformers import AutoConfig
 
-    extra = {"revision": checkpoint.revision} if getattr(checkpoint, "revision", None) else {}
-    config = AutoConfig.from_pretrained(checkpoint.source, **extra).to_dict()
+    from .hub import ensure_available, hub_load_kwargs
+
+    ensure_available(checkpoint)  # offline and not cached: CheckpointMissingError naming the fetch command
+    config = AutoConfig.from_pretrained(checkpoint.source, **hub_load_kwargs(checkpoint)).to_dict()
     # Fields that describe the saving software, not the model.
     for volatile in ("transformers_version", "_name_or_path", "dtype", "torch_dtype"):
         config.pop(volatile, None)

@@ -69,6 +69,7 @@ import pandas as pd
 from . import internal
 from ._home import cache_dir, results_dir
 from ._io import atomic_path, stable_hash, write_parquet
+from .integrity import SweepLog, attach_identity, checkpoint_flags, missing_reason, write_flags
 
 #: Bump when any measure's computation changes (keys the per-checkpoint cache).
 INTERNAL_RESULTS_VERSION = 1
@@ -565,12 +566,14 @@ def cached_checkpoint(ckpt, text: TextSet, other: TextSet | None, settings: dict
     The model is loaded (eager attention) only on a cache miss and released after.
     """
     from .checkpoints import load_checkpoint, release
+    from .hub import remember_identity
 
     rows_path, states_path = _cache_paths(ckpt, settings)
     if rows_path.exists() and states_path.exists():
         return pd.read_parquet(rows_path), states_path
     model, tokenizer = load_checkpoint(ckpt, device=device, dtype=dtype, attn_implementation="eager")
     try:
+        remember_identity(ckpt, model)
         rows, states = checkpoint_measures(model, tokenizer, ckpt, text, other, settings, progress=progress)
     finally:
         release(model)
@@ -720,8 +723,10 @@ def internal_states(
 
     from transformers import AutoConfig
 
-    extra = {"revision": final.revision} if final.revision else {}
-    config = AutoConfig.from_pretrained(final.source, **extra)
+    from .hub import ensure_available, hub_load_kwargs
+
+    ensure_available(final)  # the final checkpoint is the reference of every CKA: it cannot be skipped
+    config = AutoConfig.from_pretrained(final.source, **hub_load_kwargs(final))
     layer_index = _resolve_layers(layers, int(config.num_hidden_layers))
     max_positions = getattr(config, "max_position_embeddings", None)
     context = resolve_context(SimpleNamespace(config=config), context)
@@ -749,19 +754,33 @@ def internal_states(
         todo_iter = todo
     frames, states_paths = [], {}
     chosen_names = {c.name for c in chosen}
+    log = SweepLog("internal states")
     for ckpt in todo_iter:
-        rows, path = cached_checkpoint(ckpt, text, other, settings, device, dtype)
+        try:
+            rows, path = cached_checkpoint(ckpt, text, other, settings, device, dtype)
+        except Exception as exc:  # noqa: BLE001 - only a missing branch is skipped, anything else re-raised
+            reason = missing_reason(exc, ckpt)
+            if reason is None or ckpt.name == final.name:
+                raise
+            log.skip(ckpt, reason)
+            continue
         states_paths[ckpt.name] = path
         if ckpt.name in chosen_names:
             frames.append(rows)
-    frames.append(pd.DataFrame(cka_rows(chosen, states_paths, final, layer_index), columns=TABLE_COLUMNS))
+    log.check_any_done(chosen)
+    loaded = [c for c in chosen if c.name not in log.skipped]
+    frames.append(pd.DataFrame(cka_rows(loaded, states_paths, final, layer_index), columns=TABLE_COLUMNS))
     table = pd.concat(frames, ignore_index=True)
     table = table.sort_values(["step", "measure", "layer", "head"], kind="stable").reset_index(drop=True)
     for column in ("step", "tokens_seen", "layer", "head"):
         table[column] = table[column].astype(np.int64)
+    flags = checkpoint_flags(chosen, log, device=device, dtype=dtype)
+    table = attach_identity(table, flags)
     if write:
         dataset_name = data.name if data is not None else "none"
-        write_parquet(table, results_dir(series_obj.name, dataset_name, subject) / INTERNAL_TABLE)
+        out = results_dir(series_obj.name, dataset_name, subject)
+        write_flags(flags, out, "internal")
+        write_parquet(table, out / INTERNAL_TABLE)
     table.attrs["seconds"] = time.perf_counter() - started
     return table
 

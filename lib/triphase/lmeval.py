@@ -301,6 +301,7 @@ def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dt
     from ._home import cache_dir
     from ._io import write_parquet
     from .checkpoints import resolve_device
+    from .hub import ensure_available
 
     tasks = list(tasks)
     check_nltk_data(tasks)
@@ -311,6 +312,7 @@ def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dt
     task_manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
     settings = {"device": device.split(":")[0], "dtype": dtype, "num_fewshot": int(num_fewshot), "limit": limit,
                 "seed": seed, "gen_kwargs": gen_kwargs or {}}
+    ensure_available(checkpoint)  # offline and not cached: CheckpointMissingError naming the fetch command
     identity = model_identity(checkpoint)
     key = lmeval_cache_key(identity, tasks, task_manager, settings)
     path = cache_dir("lmeval") / checkpoint.series / checkpoint.name / f"{key}.parquet"
@@ -339,8 +341,11 @@ def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dt
 
 
 def lmeval_sweep(checkpoints, tasks: Sequence[str], device: str = "auto", dtype=None, num_fewshot=0,
-                 progress: bool = True, **options) -> pd.DataFrame:
+                 progress: bool = True, log=None, **options) -> pd.DataFrame:
     """:func:`lmeval_checkpoint` over checkpoints (and few-shot counts); NLTK checked first.
+
+    A checkpoint whose branch is missing is skipped by name (recorded in ``log``,
+    a :class:`triphase.integrity.SweepLog`, when given) and the sweep goes on.
 
     Returns
     -------
@@ -348,11 +353,24 @@ def lmeval_sweep(checkpoints, tasks: Sequence[str], device: str = "auto", dtype=
     """
     from tqdm.auto import tqdm
 
+    from .integrity import SweepLog, missing_reason
+
+    log = log if log is not None else SweepLog("lm-eval")
+    checkpoints = list(checkpoints)
     tasks = list(tasks)
     check_nltk_data(tasks)
     shots = [num_fewshot] if isinstance(num_fewshot, int) else list(num_fewshot)
     tables = []
-    for ckpt in tqdm(list(checkpoints), desc="lm-eval", unit="checkpoint", disable=not progress):
-        for k in shots:
-            tables.append(lmeval_checkpoint(ckpt, tasks, device=device, dtype=dtype, num_fewshot=k, **options))
+    for ckpt in tqdm(checkpoints, desc="lm-eval", unit="checkpoint", disable=not progress):
+        try:
+            done = [lmeval_checkpoint(ckpt, tasks, device=device, dtype=dtype, num_fewshot=k, **options)
+                    for k in shots]
+        except Exception as exc:  # noqa: BLE001 - only a missing branch is skipped, anything else re-raised
+            reason = missing_reason(exc, ckpt)
+            if reason is None:
+                raise
+            log.skip(ckpt, reason)
+            continue
+        tables.extend(done)
+    log.check_any_done(checkpoints)
     return pd.concat(tables, ignore_index=True)

@@ -43,6 +43,7 @@ import pandas as pd
 import yaml
 
 from ._taskitem import TaskItem
+from .integrity import SweepLog, attach_identity, checkpoint_flags, missing_reason, write_flags
 
 #: Confidence level of every interval in the tasks table.
 CONFIDENCE = 0.95
@@ -551,6 +552,7 @@ def _checkpoint_items(checkpoint, suite, few_shots, seed, settings, device, dtyp
     from ._io import stable_hash, write_parquet
     from .checkpoints import load_checkpoint, release
     from .features import model_config_hash
+    from .hub import remember_identity
 
     key = stable_hash({
         "version": TASKS_RESULTS_VERSION, "checkpoint": checkpoint.to_dict(),
@@ -563,6 +565,7 @@ def _checkpoint_items(checkpoint, suite, few_shots, seed, settings, device, dtyp
         return pd.read_parquet(path)
     model, tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype)
     try:
+        remember_identity(checkpoint, model)
         tables = []
         for family, items in suite.items():
             for k in few_shots:
@@ -644,19 +647,27 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
     device = resolve_device(device)
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     few_shots = _few_shot_list(few_shot)
+    log = SweepLog("downstream tasks")
     if kind == "lmeval":
         from .lmeval import lmeval_sweep
 
         table = lmeval_sweep(chosen, names, device=device, dtype=dtype, num_fewshot=few_shots,
-                             progress=progress, **(lmeval_options or {}))
+                             progress=progress, log=log, **(lmeval_options or {}))
         samples = None
     else:
         suite = _suite(kind, names, n_items, seed)
         settings = {"max_new_tokens": int(max_new_tokens), "stop": list(stop)}
         rows, samples_list = [], []
         for ckpt in tqdm(chosen, desc="downstream tasks", unit="checkpoint", disable=not progress):
-            per_item = _checkpoint_items(ckpt, suite, few_shots, seed, settings, device, dtype, batch_size,
-                                         progress=False)
+            try:
+                per_item = _checkpoint_items(ckpt, suite, few_shots, seed, settings, device, dtype, batch_size,
+                                             progress=False)
+            except Exception as exc:  # noqa: BLE001 - only a missing branch is skipped, anything else re-raised
+                reason = missing_reason(exc, ckpt)
+                if reason is None:
+                    raise
+                log.skip(ckpt, reason)
+                continue
             per_item = per_item.assign(task=per_item["family"])
             summary = summarize_scores(per_item, by=("task", "few_shot"))
             for col, value in reversed(list(ckpt.columns().items())):
@@ -664,12 +675,16 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
                 per_item.insert(0, col, value)
             rows.append(summary)
             samples_list.append(per_item)
+        log.check_any_done(chosen)
         table = pd.concat(rows, ignore_index=True)
         samples = pd.concat(samples_list, ignore_index=True)
+    log.check_any_done(chosen)
     columns = ["series", "checkpoint", "step", "tokens_seen", "task", "few_shot", "metric", "value",
                "ci_low", "ci_high", "n_items", "tier"]
-    table = table[columns]
+    flags = checkpoint_flags(chosen, log, device=device, dtype=dtype)
+    table = attach_identity(table[columns], flags)
     out = results_dir(ser.name, dataset, subject)
+    write_flags(flags, out, "tasks")
     write_parquet(table, out / RESULTS_FILE)
     if samples is not None:
         write_parquet(samples, out / SAMPLES_FILE)
