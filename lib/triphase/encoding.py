@@ -66,8 +66,9 @@ DEFAULT_TOP_FRACTION = 0.1
 #: Region label of the whole-brain rows in result tables.
 ALL_REGIONS = "all"
 #: Elements of one block of validation predictions (alphas x TRs x voxels) in
-#: :class:`LeaveStoriesOutRidgeCV` (~128 MB in float32).
-PREDICTION_BLOCK_ELEMENTS = 2**25
+#: :class:`LeaveStoriesOutRidgeCV` (~32 MB in float32; measured faster than
+#: 128 MB blocks on numpy and torch, and than one alpha at a time on torch).
+PREDICTION_BLOCK_ELEMENTS = 2**23
 #: A column whose max - min is below this share of its magnitude is constant
 #: (float32 rounding of equal values stays far below it).
 CONSTANT_RELATIVE_TOLERANCE = 1e-7
@@ -250,6 +251,14 @@ def find_bad_voxels(Y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return non_finite, constant
 
 
+def _sum_of_squares(backend, predictions):
+    """``(predictions ** 2).sum(1)`` for a 3-D block, by the fastest route of the backend."""
+    if backend.name == "numpy":
+        # einsum reduces without the squared temporary: several times faster than (p * p).sum(1) in numpy
+        return np.einsum("atv,atv->av", predictions, predictions)
+    return (predictions * predictions).sum(1)  # torch's einsum is the slow route here
+
+
 class LeaveStoriesOutRidgeCV:
     """Ridge with per-target alpha chosen by given CV splits, solved through one eigendecomposition per split.
 
@@ -321,7 +330,7 @@ class LeaveStoriesOutRidgeCV:
                     # matmul does not reach BLAS speed).
                     scaled = (projected[None] * block[:, None, :]).reshape(len(block) * n_val, -1)
                     predictions = backend.matmul(scaled, VtXtY).reshape(len(block), n_val, -1)
-                    pred_sq[a0:a0 + alpha_step] = backend.einsum("atv,atv->av", predictions, predictions)
+                    pred_sq[a0:a0 + alpha_step] = _sum_of_squares(backend, predictions)
                     del predictions
                 scores[split, :, cols] = self._score(cross, pred_sum, pred_sq, y_sum, y_sq, n_val)
         mean_scores = backend.to_numpy(scores).astype(np.float64).mean(0)
