@@ -8,15 +8,18 @@ depend on the values). Two things are *measured* here:
 1. feature extraction: the windowed extraction
    (:func:`triphase.features.word_hidden_states`, context ``C``, stride ``C/2``)
    over ``--words`` words of story-like text, in processed tokens/s;
-2. one voxelwise ridge fit (:func:`triphase.encoding.fit_encoding_model`, the
+2. voxelwise ridge fits (:func:`triphase.encoding.fit_encoding_model`, the
    default 21 alphas, 5 leave-stories-out folds) with ``n_train`` TRs x
-   (hidden x 4 delays) features on ``--voxels`` voxels.
+   (hidden x 4 delays) features on ``--voxels`` and twice as many voxels, which
+   separates the fixed cost (eigendecompositions) from the cost per voxel.
 
 Then it *extrapolates*, linearly and labelled so, to one checkpoint of the
 brain chapter on LeBel UTS03: the stories' tokens (``--story-tokens``) and all
 voxels (``--all-voxels``) for every hidden state (layers + embeddings). The
-extrapolation is linear in tokens and in voxels, which is what the
-computation is (per-voxel GEMM columns; windows independent).
+extrapolation is linear in tokens and (after the fixed cost) in voxels, which
+is what the computation is (per-voxel GEMM columns; windows independent). It
+also prints the floating-point work of one layer's fit, so a GPU's time can be
+estimated as that work over the GPU's sustained float32 rate.
 
 Usage::
 
@@ -120,23 +123,34 @@ def main(argv=None):
     model, layers, hidden = random_pythia(args.model)
     features = measure_features(model, args.words, args.context)
     n_features = 4 * hidden  # FIR delays 1-4 TRs
+    # Two voxel counts separate the fixed cost (eigendecompositions of the Gram matrices) from the per-voxel cost.
     ridge = measure_ridge(args.train_trs, n_features, args.voxels)
+    ridge_double = measure_ridge(args.train_trs, n_features, 2 * args.voxels)
     del model
 
     from triphase.features import tokens_processed
 
     processed_all = tokens_processed(args.story_tokens, args.context)
     feature_s = processed_all / features["tokens_processed_per_s"]
-    fit_s = ridge["seconds"] * args.all_voxels / args.voxels
+    per_voxel_s = max(ridge_double["seconds"] - ridge["seconds"], 0.0) / args.voxels
+    fixed_s = max(ridge["seconds"] - per_voxel_s * args.voxels, 0.0)
+    fit_s = fixed_s + per_voxel_s * args.all_voxels
+    # The products that dominate the fit (validation predictions for every alpha, plus X^T Y): a GPU estimate
+    # divides this by the GPU's sustained float32 rate.
+    n_alphas = 21
+    ridge_flops = 2.0 * args.train_trs * n_features * args.all_voxels * (n_alphas + 2)
     hidden_states = layers + 1
     result = {
         "device": "cpu", "threads": torch.get_num_threads(), "model_architecture": args.model,
-        "measured": {"features": features, "ridge_fit": ridge},
+        "measured": {"features": features, "ridge_fit": ridge, "ridge_fit_double_voxels": ridge_double},
         "extrapolated_per_checkpoint": {
             "assumptions": {"story_tokens": args.story_tokens, "train_trs": args.train_trs,
                             "all_voxels": args.all_voxels, "hidden_states": hidden_states},
             "feature_extraction_s": round(feature_s, 1),
+            "ridge_fit_fixed_s": round(fixed_s, 1),
+            "ridge_fit_per_1000_voxels_s": round(1000 * per_voxel_s, 2),
             "ridge_fit_per_layer_s": round(fit_s, 1),
+            "ridge_tflop_per_layer": round(ridge_flops / 1e12, 1),
             "ridge_fits_all_layers_s": round(fit_s * hidden_states, 1),
             "total_h": round((feature_s + fit_s * hidden_states) / 3600, 2),
         },

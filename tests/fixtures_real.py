@@ -172,3 +172,45 @@ def speech_intervals(rng, duration: float, words=("alpha", "beta", "gamma", "del
     if t < duration:
         intervals.append((t, duration, "sp"))
     return [(round(a, 4), round(b, 4), c) for a, b, c in intervals if b > a]
+
+
+# --------------------------------------------------------------------------- a small ds003020
+LEBEL_TR = 2.0
+LEBEL_MARKERS = {"sentence_start", "sentence_end", "br", "lg", "ls", "ns", "sp", ""}
+
+
+def planted_word_rate(intervals, n_acquired: int) -> np.ndarray:
+    """Word count per response row, computed from first principles (not with the adapter's code).
+
+    Response row j of a ds003020 story is grid TR j + 10 (trim [10:-5]); grid TR k
+    spans audio time [2k - 10, 2k - 8) s (audio starts 10 s after the first trigger).
+    """
+    words = [(a + b) / 2 for a, b, text in intervals if text.lower().strip("{}").strip() not in LEBEL_MARKERS]
+    n_rows = n_acquired - 20
+    counts = np.zeros(n_rows)
+    for j in range(n_rows):
+        start = LEBEL_TR * (j + 10) - 10.0
+        counts[j] = sum(start <= m < start + LEBEL_TR for m in words)
+    return counts
+
+
+def write_ds003020(root, delay_trs: int = 2, seed: int = 0) -> dict:
+    """Three stories for UTS03 (incl. the test story), one for UTS01; responses = delayed word rate.
+
+    Returns ``{story: (intervals, n_acquired, delayed word rate)}``.
+    """
+    rng = np.random.default_rng(seed)
+    truth = {}
+    for story, n_acquired in (("alternateithicatom", 140), ("souls", 120), ("wheretheressmoke", 130)):
+        duration = (n_acquired - 5) * LEBEL_TR - 10.0 - 4.0  # the audio ends before the last TRs
+        intervals = speech_intervals(rng, duration)
+        rate = planted_word_rate(intervals, n_acquired)
+        delayed = np.concatenate([np.zeros(delay_trs), rate[:-delay_trs]])
+        voxels = np.stack([delayed + 0.1 * rng.standard_normal(len(rate)),  # a word-rate voxel
+                           rng.standard_normal(len(rate))], axis=1)          # a noise voxel
+        subjects = {"UTS03": voxels}
+        if story == "souls":
+            subjects["UTS01"] = voxels
+        write_lebel_story(root, story, intervals, n_acquired, subjects)
+        truth[story] = (intervals, n_acquired, delayed)
+    return truth

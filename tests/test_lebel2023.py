@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fixtures_real import long_textgrid, speech_intervals, write_lebel_story
+from fixtures_real import long_textgrid, planted_word_rate, speech_intervals, write_ds003020, write_lebel_story
 from triphase.datasets import get_dataset
 from triphase.datasets.lebel2023 import LeBel2023, simulated_tr_times
 from triphase.datasets.textgrid import TextGridError, format_textgrid, parse_textgrid, read_textgrid
@@ -17,42 +17,11 @@ TR = 2.0
 DELAY_TRS = 2
 
 
-def planted_word_rate(intervals, n_acquired: int) -> np.ndarray:
-    """Word count per response row, computed from first principles (not with the adapter's code).
-
-    Response row j of a ds003020 story is grid TR j + 10 (trim [10:-5]); grid TR k
-    spans audio time [2k - 10, 2k - 8) s (audio starts 10 s after the first trigger).
-    """
-    words = [(a + b) / 2 for a, b, text in intervals
-             if text.lower().strip("{}").strip() not in {"sentence_start", "sentence_end", "br", "lg", "ls", "ns",
-                                                          "sp", ""}]
-    n_rows = n_acquired - 20
-    counts = np.zeros(n_rows)
-    for j in range(n_rows):
-        start = TR * (j + 10) - 10.0
-        counts[j] = sum(start <= m < start + TR for m in words)
-    return counts
-
-
 @pytest.fixture
 def ds003020(tmp_path):
     """Three stories for UTS03 (incl. the test story), one for UTS01; responses = delayed word rate."""
-    rng = np.random.default_rng(0)
     root = tmp_path / "ds003020"
-    truth = {}
-    for story, n_acquired in (("alternateithicatom", 140), ("souls", 120), ("wheretheressmoke", 130)):
-        duration = (n_acquired - 5) * TR - 10.0 - 4.0  # the audio ends before the last TRs
-        intervals = speech_intervals(rng, duration)
-        rate = planted_word_rate(intervals, n_acquired)
-        delayed = np.concatenate([np.zeros(DELAY_TRS), rate[:-DELAY_TRS]])
-        voxels = np.stack([delayed + 0.1 * rng.standard_normal(len(rate)),  # a word-rate voxel
-                           rng.standard_normal(len(rate))], axis=1)          # a noise voxel
-        subjects = {"UTS03": voxels}
-        if story == "souls":
-            subjects["UTS01"] = voxels
-        write_lebel_story(root, story, intervals, n_acquired, subjects)
-        truth[story] = (intervals, n_acquired, delayed)
-    return root, truth
+    return root, write_ds003020(root, delay_trs=DELAY_TRS)
 
 
 def _lag_correlations(x, y, lags):

@@ -77,6 +77,9 @@ def plot_brain_score(table: pd.DataFrame, region: str = ALL_REGIONS, score: str 
     else:
         curve = model_rows[model_rows["layer"] == layer].sort_values("step")
         desc = f"layer {layer}"
+    if not np.isfinite(curve[score].to_numpy(dtype=float)).any():
+        raise ValueError(f"column {score!r} has no finite value for region {region!r} (e.g. "
+                         "score_ceiling_normalised without repeats of the test story); nothing to plot")
     x = log_positions(curve["tokens_seen"].to_numpy())
     ax.plot(x, curve[score], "o-", ms=4, label=label or f"model, {desc}")
     if score == "score_mean" and {"ci_low", "ci_high"} <= set(curve):
