@@ -66,6 +66,9 @@ def test_book_builds_with_every_chapter(built_book):
         html = (built_book / "book" / "executed" / page).read_text()
         assert "<img" in html, f"{page} has no figure"
         assert "Traceback" not in html, f"{page} shows an error"
+        assert "IProgress not found" not in html, f"{page} shows tqdm's widget warning"
+        # a progress bar shows once, in its final state, not once per redraw
+        assert html.count("[00:") <= 12, f"{page} shows {html.count('[00:')} progress-bar redraws"
     api = (built_book / "book" / "api.html").read_text()
     assert "train_organism" in api and "detect_phases" in api  # generated from docstrings
 

@@ -4,7 +4,7 @@ import shutil
 import nbformat
 import pytest
 
-from triphase.runner import NotebookFailed, execute_notebook, notebook_parameters, run
+from triphase.runner import NotebookFailed, collapse_progress_output, execute_notebook, notebook_parameters, run
 from conftest import REPO_ROOT
 
 BOOK_FILES = ("_config.yml", "_toc.yml")
@@ -79,3 +79,20 @@ def test_failing_notebook_names_cell_keeps_copy_and_writes_nothing(book_copy, se
     kept = str(err.value).rsplit("executed copy kept for debugging: ", 1)[1].strip()
     assert nbformat.read(kept, as_version=4).cells[-1].outputs[0]["ename"] == "ValueError"
     assert not out.exists()  # nothing half-written reaches the book
+
+
+def test_progress_redraws_collapse_to_the_final_state_in_order():
+    out = nbformat.v4.new_output
+    cell = nbformat.v4.new_code_cell(outputs=[
+        out("stream", name="stderr", text="\rload:   0%"), out("stream", name="stderr", text="\rload: 100%\n"),
+        out("stream", name="stdout", text="loaded 3 files\n"),
+        out("stream", name="stderr", text="\rfit 1/2"), out("stream", name="stderr", text="\rfit 2/2"),
+        out("stream", name="stderr", text="\n"),
+        out("display_data", data={"text/plain": "<Figure>"}),
+        out("stream", name="stdout", text="a\rb\nc\n"),
+    ])
+    nb = nbformat.v4.new_notebook(cells=[cell, nbformat.v4.new_markdown_cell("text")])
+    collapse_progress_output(nb)
+    got = [(o.output_type, o.get("name"), o.get("text")) for o in nb.cells[0].outputs]
+    assert got == [("stream", "stderr", "load: 100%\n"), ("stream", "stdout", "loaded 3 files\n"),
+                   ("stream", "stderr", "fit 2/2\n"), ("display_data", None, None), ("stream", "stdout", "b\nc\n")]

@@ -16,6 +16,7 @@ import importlib
 
 from ._home import cache_dir, data_home, results_dir
 from ._io import atomic_dir, atomic_path, stable_hash, write_parquet
+from ._progress import tqdm as _tqdm  # noqa: F401 - imported for its side effect: no IProgress warning in notebooks
 from ._taskitem import TaskItem
 from .checkpoints import Checkpoint, load_checkpoint, pythia_steps, select_checkpoints
 

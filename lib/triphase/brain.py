@@ -412,7 +412,7 @@ def brain_alignment(
         score_ceiling_normalised, ci_low, ci_high, frac_significant,
         n_voxels, n_excluded, alpha_median, and more (see the methods page).
     """
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     from .checkpoints import resolve_device, select_checkpoints
     from .datasets import get_dataset

@@ -259,7 +259,7 @@ def word_hidden_states(
             by_length.setdefault(w.stop - w.start, []).append(k)
     batches = [(length, ks[i:i + batch_size]) for length, ks in by_length.items() for i in range(0, len(ks), batch_size)]
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import tqdm
 
         batches = tqdm(batches, desc="feature windows", leave=False)
     with torch.inference_mode():

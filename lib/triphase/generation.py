@@ -127,7 +127,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     >>> answers = greedy_generate(model, tokenizer, ["Is the cat black? Answer:"])  # doctest: +SKIP
     """
     import torch
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -269,7 +269,7 @@ def option_loglikelihoods(model, tokenizer, contexts: Sequence[str], options: Se
     >>> int(np.argmax(ll[0]))  # doctest: +SKIP
     """
     import torch
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     if len(contexts) != len(options):
         raise ValueError(f"got {len(contexts)} contexts but {len(options)} option lists")

@@ -587,7 +587,7 @@ def iter_loaded(checkpoints: Iterable, device: str = "auto", dtype=None, skip_mi
 
     checkpoints = list(checkpoints)
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import tqdm
 
         checkpoints = tqdm(checkpoints, desc="checkpoints", unit="checkpoint")
     for ckpt in checkpoints:
@@ -630,7 +630,7 @@ def snapshot_fetch(repo_id: str, revisions: Sequence[str], cache_dir=None, max_w
     cache = str(cache_dir or hub_cache_dir())
     out = {}
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import tqdm
 
         revisions = tqdm(list(revisions), desc=f"fetch {repo_id}", unit="revision")
     for rev in revisions:

@@ -331,7 +331,7 @@ def text_pass(model, tokenizer, text: TextSet, context: int, layers: Sequence[in
     word_offset = 0
     iterator = list(zip(text.stories, text.words))
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import tqdm
 
         iterator = tqdm(iterator, desc=f"{text.name} stories", leave=False)
     with torch.inference_mode():
@@ -529,7 +529,7 @@ def checkpoint_measures(model, tokenizer, ckpt, text: TextSet, other: TextSet | 
     labels = {name: values[keep] for name, values in text.labels.items()}
     iterator = list(enumerate(layer_index))
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import tqdm
 
         iterator = tqdm(iterator, desc="layer measures", leave=False)
     for i, layer in iterator:
@@ -747,7 +747,7 @@ def internal_states(
 
     todo = list(chosen) + ([final] if final.name not in {c.name for c in chosen} else [])
     if progress:
-        from tqdm.auto import tqdm
+        from ._progress import tqdm
 
         todo_iter = tqdm(todo, desc=f"internal states {series_obj.name}")
     else:

@@ -351,7 +351,7 @@ def lmeval_sweep(checkpoints, tasks: Sequence[str], device: str = "auto", dtype=
     -------
     DataFrame: one row per checkpoint x task x few_shot x metric.
     """
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     from .integrity import SweepLog, missing_reason
 

@@ -244,7 +244,7 @@ def prepare_corpus(config, progress: bool = True) -> Path:
 
 # --------------------------------------------------------------------------- training
 def _progress(**kwargs):
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     return tqdm(**kwargs)
 

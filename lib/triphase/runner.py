@@ -185,10 +185,48 @@ def execute_notebook(name: str, parameters: dict, output: Path, force: bool = Fa
         "input_key": key, "parameters": parameters, "seconds": round(time.perf_counter() - started, 1),
     }
     _retitle(notebook, title_suffix)
+    collapse_progress_output(notebook)
     with atomic_path(output) as tmp:
         nbformat.write(notebook, tmp)
     scratch.unlink(missing_ok=True)
     return True
+
+
+def collapse_progress_output(notebook) -> None:
+    r"""Merge runs of stream outputs and keep what a terminal would show after carriage returns.
+
+    A text progress bar redraws itself with ``\r``; the kernel sends each redraw
+    as its own stream output, which a rendered page shows as hundreds of lines.
+    Adjacent outputs of the same stream are merged and, line by line, only the
+    text after the last ``\r`` is kept (the bar's final state); other output
+    and its order are unchanged.
+
+    Examples
+    --------
+    >>> import nbformat
+    >>> nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[
+    ...     nbformat.v4.new_output("stream", name="stderr", text="\rbar 1/2"),
+    ...     nbformat.v4.new_output("stream", name="stderr", text="\rbar 2/2\n"),
+    ...     nbformat.v4.new_output("stream", name="stdout", text="done\n")])])
+    >>> collapse_progress_output(nb)
+    >>> [(o.name, o.text) for o in nb.cells[0].outputs]
+    [('stderr', 'bar 2/2\n'), ('stdout', 'done\n')]
+    """
+    for cell in notebook.cells:
+        if cell.cell_type != "code" or not cell.get("outputs"):
+            continue
+        merged = []
+        for out in cell.outputs:
+            if (out.get("output_type") == "stream" and merged and merged[-1].get("output_type") == "stream"
+                    and merged[-1].get("name") == out.get("name")):
+                merged[-1]["text"] += out["text"]
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream" and "\r" in out["text"]:
+                lines = [line.rsplit("\r", 1)[-1] for line in out["text"].split("\n")]
+                out["text"] = "\n".join(lines)
+        cell.outputs = [o for o in merged if not (o.get("output_type") == "stream" and not o["text"].strip())]
 
 
 def _retitle(notebook, suffix: str) -> None:

@@ -634,7 +634,7 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
     >>> df = downstream_tasks("organism-tiny", checkpoints=3, n_items=50, few_shot=0)  # doctest: +SKIP
     >>> df.query("metric == 'instruction_following'")[["checkpoint", "task", "value"]]  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
+    from ._progress import tqdm
 
     from ._home import results_dir
     from ._io import write_parquet

@@ -586,7 +586,7 @@ class SimulatedParticipant(Dataset):
             return bold.astype(np.float32)
 
         n_repeats = int(p["stimuli"]["n_test_repeats"])
-        from tqdm.auto import tqdm
+        from .._progress import tqdm
 
         with atomic_dir(folder) as tmp:
             for i, story in enumerate(tqdm(stories[:-1], desc=f"simulating {subject}", disable=not self.progress)):
