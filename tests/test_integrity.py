@@ -49,3 +49,27 @@ def test_missing_reason_only_for_missing_branches():
     assert reason.startswith("EleutherAI/pythia-14m@step16 missing: ")
     assert missing_reason(ValueError("shapes do not match"), ckpt) is None
     assert missing_reason(RuntimeError("CUDA out of memory"), ckpt) is None
+
+
+def test_skip_if_missing_records_missing_branches_only():
+    from types import SimpleNamespace
+
+    from triphase.hub import CheckpointMissingError
+    from triphase.integrity import MissingCheckpointWarning, SweepLog
+
+    ckpt = SimpleNamespace(name="step16", source="EleutherAI/pythia-14m", revision="step16", series="pythia-14m")
+    missing = CheckpointMissingError(ckpt.source, ckpt.revision, ckpt.series)
+    log, done = SweepLog("demo"), []
+    with pytest.warns(MissingCheckpointWarning, match="demo: skipped checkpoint step16"):
+        with log.skip_if_missing(ckpt):
+            raise missing
+            done.append(ckpt.name)  # never reached
+    assert done == [] and list(log.skipped) == ["step16"]
+    with pytest.raises(CheckpointMissingError):  # the reference checkpoint of a sweep cannot be skipped
+        with log.skip_if_missing(ckpt, required=True):
+            raise missing
+    with pytest.raises(ValueError, match="other"):
+        with log.skip_if_missing(ckpt):
+            raise ValueError("other")
+    with pytest.raises(FileNotFoundError, match="every chosen checkpoint is missing: step16"):
+        log.check_any_done([ckpt])

@@ -45,7 +45,7 @@ from ._io import atomic_dir, atomic_path, stable_hash, write_parquet
 from .brainstats import DEFAULT_BLOCK, block_permutation_test, bootstrap_score_ci, fdr_bh, noise_ceiling
 from .encoding import ALL_REGIONS, DEFAULT_ALPHAS, DEFAULT_N_SPLITS, brain_scores, fit_encoding_model, score_voxels
 from .features import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT, cached_story_features, model_config_hash
-from .integrity import SweepLog, attach_identity, checkpoint_flags, missing_reason, write_flags
+from .integrity import SweepLog, attach_identity, checkpoint_flags, write_flags
 from .timeseries import DEFAULT_DELAYS, check_rows, make_delayed, story_design
 
 #: Bump when the scores' computation changes (keys the per-checkpoint cache).
@@ -443,17 +443,11 @@ def brain_alignment(
         def report(message, name=ckpt.name):
             bar.set_postfix_str(f"{name} {message}", refresh=True)
 
-        try:
+        with log.skip_if_missing(ckpt):
             settings["context"] = _resolve_context(ckpt, context)
             table, voxel_r = score_checkpoint(ckpt, data, settings, ckpt_controls, device, dtype, report)
-        except Exception as exc:  # noqa: BLE001 - only a missing branch is skipped, anything else re-raised
-            reason = missing_reason(exc, ckpt)
-            if reason is None:
-                raise
-            log.skip(ckpt, reason)
-            continue
-        frames.append(table)
-        voxel_maps[ckpt.name] = voxel_r
+            frames.append(table)
+            voxel_maps[ckpt.name] = voxel_r
     log.check_any_done(chosen)
     flags = checkpoint_flags(chosen, log, device=device, dtype=dtype)
     result = attach_identity(pd.concat(frames, ignore_index=True), flags)

@@ -25,6 +25,7 @@ Examples
 from __future__ import annotations
 
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
@@ -59,7 +60,28 @@ class SweepLog:
     def skip(self, checkpoint, reason: str) -> None:
         self.skipped[checkpoint.name] = reason
         warnings.warn(f"{self.what}: skipped checkpoint {checkpoint.name}: {reason}", MissingCheckpointWarning,
-                      stacklevel=3)
+                      stacklevel=4)
+
+    @contextmanager
+    def skip_if_missing(self, checkpoint, required: bool = False):
+        """Run the block; if it fails because the checkpoint's branch is missing, record the skip and go on.
+
+        Any other error, or a missing branch of a ``required`` checkpoint, propagates.
+
+        Examples
+        --------
+        >>> log = SweepLog("demo")
+        >>> for ckpt in chosen:  # doctest: +SKIP
+        ...     with log.skip_if_missing(ckpt):
+        ...         results.append(work(ckpt))
+        """
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - only a missing branch is skipped, anything else re-raised
+            reason = missing_reason(exc, checkpoint)
+            if reason is None or required:
+                raise
+            self.skip(checkpoint, reason)
 
     def check_any_done(self, chosen) -> None:
         if chosen and all(c.name in self.skipped for c in chosen):

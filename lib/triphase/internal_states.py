@@ -69,7 +69,7 @@ import pandas as pd
 from . import internal
 from ._home import cache_dir, results_dir
 from ._io import atomic_path, stable_hash, write_parquet
-from .integrity import SweepLog, attach_identity, checkpoint_flags, missing_reason, write_flags
+from .integrity import SweepLog, attach_identity, checkpoint_flags, write_flags
 
 #: Bump when any measure's computation changes (keys the per-checkpoint cache).
 INTERNAL_RESULTS_VERSION = 1
@@ -756,17 +756,11 @@ def internal_states(
     chosen_names = {c.name for c in chosen}
     log = SweepLog("internal states")
     for ckpt in todo_iter:
-        try:
+        with log.skip_if_missing(ckpt, required=ckpt.name == final.name):  # CKA's reference cannot be skipped
             rows, path = cached_checkpoint(ckpt, text, other, settings, device, dtype)
-        except Exception as exc:  # noqa: BLE001 - only a missing branch is skipped, anything else re-raised
-            reason = missing_reason(exc, ckpt)
-            if reason is None or ckpt.name == final.name:
-                raise
-            log.skip(ckpt, reason)
-            continue
-        states_paths[ckpt.name] = path
-        if ckpt.name in chosen_names:
-            frames.append(rows)
+            states_paths[ckpt.name] = path
+            if ckpt.name in chosen_names:
+                frames.append(rows)
     log.check_any_done(chosen)
     loaded = [c for c in chosen if c.name not in log.skipped]
     frames.append(pd.DataFrame(cka_rows(loaded, states_paths, final, layer_index), columns=TABLE_COLUMNS))

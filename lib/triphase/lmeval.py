@@ -353,7 +353,7 @@ def lmeval_sweep(checkpoints, tasks: Sequence[str], device: str = "auto", dtype=
     """
     from ._progress import tqdm
 
-    from .integrity import SweepLog, missing_reason
+    from .integrity import SweepLog
 
     log = log if log is not None else SweepLog("lm-eval")
     checkpoints = list(checkpoints)
@@ -362,15 +362,8 @@ def lmeval_sweep(checkpoints, tasks: Sequence[str], device: str = "auto", dtype=
     shots = [num_fewshot] if isinstance(num_fewshot, int) else list(num_fewshot)
     tables = []
     for ckpt in tqdm(checkpoints, desc="lm-eval", unit="checkpoint", disable=not progress):
-        try:
-            done = [lmeval_checkpoint(ckpt, tasks, device=device, dtype=dtype, num_fewshot=k, **options)
-                    for k in shots]
-        except Exception as exc:  # noqa: BLE001 - only a missing branch is skipped, anything else re-raised
-            reason = missing_reason(exc, ckpt)
-            if reason is None:
-                raise
-            log.skip(ckpt, reason)
-            continue
-        tables.extend(done)
+        with log.skip_if_missing(ckpt):
+            tables.extend([lmeval_checkpoint(ckpt, tasks, device=device, dtype=dtype, num_fewshot=k, **options)
+                           for k in shots])
     log.check_any_done(checkpoints)
     return pd.concat(tables, ignore_index=True)

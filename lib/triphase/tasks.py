@@ -43,7 +43,7 @@ import pandas as pd
 import yaml
 
 from ._taskitem import TaskItem
-from .integrity import SweepLog, attach_identity, checkpoint_flags, missing_reason, write_flags
+from .integrity import SweepLog, attach_identity, checkpoint_flags, write_flags
 
 #: Confidence level of every interval in the tasks table.
 CONFIDENCE = 0.95
@@ -659,26 +659,19 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
         settings = {"max_new_tokens": int(max_new_tokens), "stop": list(stop)}
         rows, samples_list = [], []
         for ckpt in tqdm(chosen, desc="downstream tasks", unit="checkpoint", disable=not progress):
-            try:
+            with log.skip_if_missing(ckpt):
                 per_item = _checkpoint_items(ckpt, suite, few_shots, seed, settings, device, dtype, batch_size,
                                              progress=False)
-            except Exception as exc:  # noqa: BLE001 - only a missing branch is skipped, anything else re-raised
-                reason = missing_reason(exc, ckpt)
-                if reason is None:
-                    raise
-                log.skip(ckpt, reason)
-                continue
-            per_item = per_item.assign(task=per_item["family"])
-            summary = summarize_scores(per_item, by=("task", "few_shot"))
-            for col, value in reversed(list(ckpt.columns().items())):
-                summary.insert(0, col, value)
-                per_item.insert(0, col, value)
-            rows.append(summary)
-            samples_list.append(per_item)
-        log.check_any_done(chosen)
+                per_item = per_item.assign(task=per_item["family"])
+                summary = summarize_scores(per_item, by=("task", "few_shot"))
+                for col, value in reversed(list(ckpt.columns().items())):
+                    summary.insert(0, col, value)
+                    per_item.insert(0, col, value)
+                rows.append(summary)
+                samples_list.append(per_item)
+        log.check_any_done(chosen)  # (lmeval_sweep checks its own)
         table = pd.concat(rows, ignore_index=True)
         samples = pd.concat(samples_list, ignore_index=True)
-    log.check_any_done(chosen)
     columns = ["series", "checkpoint", "step", "tokens_seen", "task", "few_shot", "metric", "value",
                "ci_low", "ci_high", "n_items", "tier"]
     flags = checkpoint_flags(chosen, log, device=device, dtype=dtype)
