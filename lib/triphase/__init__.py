@@ -13,12 +13,17 @@ Examples
 from __future__ import annotations
 
 import importlib
+import sys
 
 from ._home import cache_dir, data_home, results_dir
 from ._io import atomic_dir, atomic_path, stable_hash, write_parquet
-from ._progress import tqdm as _tqdm  # noqa: F401 - imported for its side effect: no IProgress warning in notebooks
 from ._taskitem import TaskItem
 from .checkpoints import Checkpoint, load_checkpoint, pythia_steps, select_checkpoints
+
+if "IPython" in sys.modules:
+    # In a Jupyter kernel, import tqdm.auto now with its "IProgress not found" warning silenced, before
+    # transformers or huggingface_hub import it and print the warning into the notebook.
+    from . import _progress  # noqa: F401
 
 __version__ = "0.1.0"
 

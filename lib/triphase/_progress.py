@@ -3,7 +3,7 @@
 ``tqdm.auto`` inside a Jupyter kernel without ipywidgets warns ("IProgress not
 found") when it is first imported, by this library or by transformers /
 huggingface_hub, and falls back to the text bar. Importing it here once with
-that warning silenced (``import triphase`` does) keeps executed notebooks free
+that warning silenced (``import triphase`` does, inside a kernel) keeps executed notebooks free
 of it. The runner keeps only the final state of each text bar in the executed
 notebooks (see :func:`triphase.runner.collapse_progress_output`).
 """

@@ -584,6 +584,7 @@ def iter_loaded(checkpoints: Iterable, device: str = "auto", dtype=None, skip_mi
     ...     features = word_hidden_states(item.model, item.tokenizer, words)
     """
     from .checkpoints import load_checkpoint, release
+    from .integrity import missing_reason
 
     checkpoints = list(checkpoints)
     if progress:
@@ -595,10 +596,11 @@ def iter_loaded(checkpoints: Iterable, device: str = "auto", dtype=None, skip_mi
             ensure_available(ckpt)
             model, tokenizer = load_checkpoint(ckpt, device=device, dtype=dtype)
         except Exception as exc:  # noqa: BLE001 - classified below, re-raised unless a missing branch
-            if skip_missing and _is_missing_revision_error(exc, ckpt):
-                yield SkippedCheckpoint(ckpt, f"{ckpt.source}@{ckpt.revision} missing: {exc}")
-                continue
-            raise
+            reason = missing_reason(exc, ckpt) if skip_missing else None
+            if reason is None:
+                raise
+            yield SkippedCheckpoint(ckpt, reason)
+            continue
         try:
             yield LoadedCheckpoint(ckpt, model, tokenizer, checkpoint_identity(ckpt, model))
         finally:

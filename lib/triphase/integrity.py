@@ -101,8 +101,9 @@ def checkpoint_flags(chosen: Sequence, log: SweepLog | None = None, device: str 
     from .hub import identity_of, integrity_flags
 
     skipped = log.skipped if log is not None else {}
+    ordered = sorted(chosen, key=lambda c: c.step)
     records = []
-    for ckpt in sorted(chosen, key=lambda c: c.step):
+    for ckpt in ordered:
         if ckpt.name in skipped:
             records.append({"checkpoint": ckpt.name, "fingerprint": None, "commit": None, "missing": True})
         else:
@@ -110,7 +111,7 @@ def checkpoint_flags(chosen: Sequence, log: SweepLog | None = None, device: str 
             records.append({"checkpoint": ckpt.name, "fingerprint": identity["fingerprint"],
                             "commit": identity["commit"], "missing": False})
     flags = integrity_flags(records)
-    flags.insert(1, "step", [c.step for c in sorted(chosen, key=lambda c: c.step)])
+    flags.insert(1, "step", [c.step for c in ordered])
     for i, name in enumerate(flags["checkpoint"]):
         if name in skipped:
             flags.loc[i, "flag"] = f"missing: {skipped[name]}"
@@ -128,16 +129,21 @@ def attach_identity(table: pd.DataFrame, flags: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
+def flags_path(folder, perspective: str) -> Path:
+    """Where a perspective's flags live: ``<folder>/<perspective>_integrity.parquet``."""
+    return Path(folder) / f"{perspective}_integrity.parquet"
+
+
 def write_flags(flags: pd.DataFrame, folder, perspective: str) -> Path:
-    """Write ``<perspective>_integrity.parquet`` in ``folder`` (atomically)."""
-    path = Path(folder) / f"{perspective}_integrity.parquet"
+    """Write the flags to :func:`flags_path` (atomically)."""
+    path = flags_path(folder, perspective)
     write_parquet(flags, path)
     return path
 
 
 def load_flags(folder, perspective: str) -> pd.DataFrame:
     """Read the flags written by :func:`write_flags`."""
-    path = Path(folder) / f"{perspective}_integrity.parquet"
+    path = flags_path(folder, perspective)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run the {perspective} notebook/pipeline first")
     return pd.read_parquet(path)
