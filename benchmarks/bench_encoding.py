@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from triphase.encoding import DEFAULT_ALPHAS, DEFAULT_N_SPLITS, fit_encoding_model, score_voxels
-from triphase.timeseries import make_delayed, zscore
+from triphase.brain.encoding import DEFAULT_ALPHAS, DEFAULT_N_SPLITS, fit_encoding_model, score_voxels
+from triphase.brain.timeseries import make_delayed, zscore
 
 MACHINE_PEAK_SCRIPT = Path("/work/shared/tools/machine_peak.py")
 N_DELAYS = 4

@@ -1,6 +1,6 @@
 """Benchmark: windowed word-feature extraction vs a plain forward pass over the same tokens.
 
-The windowed extraction (:func:`triphase.features.word_hidden_states`) runs
+The windowed extraction (:func:`triphase.models.features.word_hidden_states`) runs
 overlapping windows of ``C`` tokens with stride ``C/2`` so that every word has
 at least ``C/2`` tokens of left context. The baseline is a plain forward pass
 over the same story tokens cut into non-overlapping windows of ``C`` tokens
@@ -32,12 +32,12 @@ import time
 import numpy as np
 import torch
 
-from triphase.features import plan_windows, tokenize_words, word_hidden_states
+from triphase.models.features import plan_windows, tokenize_words, word_hidden_states
 
 
 def _load_model(config: str):
-    from triphase.checkpoints import load_checkpoint
-    from triphase.organism import organism_series
+    from triphase.models.loading import load_checkpoint
+    from triphase.models.series import organism_series
 
     try:
         series = organism_series("organism", config=config)
@@ -47,7 +47,7 @@ def _load_model(config: str):
         pass
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-    from triphase.organism import OrganismConfig
+    from triphase.models.organism import OrganismConfig
 
     # Not trained: the same architecture, randomly initialised, with the tokenizer of any trained organism
     # (throughput does not depend on the weights).

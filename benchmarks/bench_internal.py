@@ -7,7 +7,7 @@ TwoNN (exact nearest neighbours, blocked), participation ratio (SVD), linear
 CKA, and the ridge probes (all targets at once, 5 folds). Multiply the per-layer
 time by layers x checkpoints for a run's measure cost (forward passes excluded).
 
-Part 2 (``--series``) runs :func:`triphase.internal_states.internal_states` on
+Part 2 (``--series``) runs :func:`triphase.internal.sweep.internal_states` on
 a series in a scratch data home (``--home``; the series must be trained there)
 and reports the wall time of the whole chapter, cold (nothing cached) and warm
 (everything cached).
@@ -25,7 +25,7 @@ import time
 
 import numpy as np
 
-from triphase import internal
+from triphase.internal import measures as internal
 
 
 def _time(fn, *args, repeat: int = 1, **kwargs) -> float:
@@ -63,7 +63,7 @@ def bench_measures(budgets=(1024, 2048), dims=(128, 4096), n_probe_words=4000, s
 def bench_chapter(series: str) -> None:
     import torch
 
-    from triphase.internal_states import internal_states
+    from triphase.internal.sweep import internal_states
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     for label in ("cold", "warm"):

@@ -6,9 +6,9 @@ responses are random numbers of LeBel-like size (the ridge's cost does not
 depend on the values). Two things are *measured* here:
 
 1. feature extraction: the windowed extraction
-   (:func:`triphase.features.word_hidden_states`, context ``C``, stride ``C/2``)
+   (:func:`triphase.models.features.word_hidden_states`, context ``C``, stride ``C/2``)
    over ``--words`` words of story-like text, in processed tokens/s;
-2. voxelwise ridge fits (:func:`triphase.encoding.fit_encoding_model`, the
+2. voxelwise ridge fits (:func:`triphase.brain.encoding.fit_encoding_model`, the
    default 21 alphas, 5 leave-stories-out folds) with ``n_train`` TRs x
    (hidden x 4 delays) features on ``--voxels`` and twice as many voxels, which
    separates the fixed cost (eigendecompositions) from the cost per voxel.
@@ -77,7 +77,7 @@ class _WordTokenizer:
 
 
 def measure_features(model, n_words: int, context: int) -> dict:
-    from triphase.features import tokens_processed, word_hidden_states
+    from triphase.models.features import tokens_processed, word_hidden_states
 
     rng = np.random.default_rng(0)
     words = [f"w{int(i)}" for i in rng.integers(0, 5000, n_words)]
@@ -91,7 +91,7 @@ def measure_features(model, n_words: int, context: int) -> dict:
 
 
 def measure_ridge(n_train: int, n_features: int, n_voxels: int, n_stories: int = 10) -> dict:
-    from triphase.encoding import DEFAULT_ALPHAS, fit_encoding_model
+    from triphase.brain.encoding import DEFAULT_ALPHAS, fit_encoding_model
 
     rng = np.random.default_rng(0)
     per_story = n_train // n_stories
@@ -128,7 +128,7 @@ def main(argv=None):
     ridge_double = measure_ridge(args.train_trs, n_features, 2 * args.voxels)
     del model
 
-    from triphase.features import tokens_processed
+    from triphase.models.features import tokens_processed
 
     processed_all = tokens_processed(args.story_tokens, args.context)
     feature_s = processed_all / features["tokens_processed_per_s"]

@@ -54,8 +54,8 @@ def no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_organism(session_home):
     """The tiny organism, trained once per session in the session home (a CheckpointSeries)."""
-    from triphase.organism import train_organism
-    from triphase.series import get_series
+    from triphase.models.organism import train_organism
+    from triphase.models.series import get_series
 
     train_organism("tiny", progress=False)
     return get_series("organism-tiny")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from triphase.runner import run
+from triphase.runs.runner import run
 from conftest import REPO_ROOT
 from test_runner import BOOK_DIRS, BOOK_FILES
 

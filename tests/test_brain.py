@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from triphase import results_dir
-from triphase.brain import BRAIN_TABLE, BrainData, brain_alignment, best_layers, load_voxel_r
+from triphase.brain.sweep import BRAIN_TABLE, BrainData, brain_alignment, best_layers, load_voxel_r
 from triphase.datasets import WordTimings
 from triphase.datasets.simulated import SimulatedParticipant, participant_presets
 
@@ -88,14 +88,13 @@ def test_controls_score_near_zero(run):
 
 def test_rerun_recomputes_nothing(run, monkeypatch):
     series, ds, chosen, table = run
-    import triphase.checkpoints
-    import triphase.encoding
+    import triphase.brain.sweep
 
     def forbidden(*args, **kwargs):
         raise AssertionError("a cached result was recomputed")
 
-    monkeypatch.setattr(triphase.checkpoints, "load_checkpoint", forbidden)
-    monkeypatch.setattr(triphase.encoding, "fit_encoding_model", forbidden)
+    monkeypatch.setattr(triphase.brain.sweep, "load_checkpoint", forbidden)
+    monkeypatch.setattr(triphase.brain.sweep, "fit_encoding_model", forbidden)
     again = brain_alignment("organism-tiny", checkpoints=chosen, dataset=ds, subject=SUBJECT,
                             controls=("shuffled-stories", "random", "random-words"), device="cpu", **FAST)
     pd.testing.assert_frame_equal(again, table)

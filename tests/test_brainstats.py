@@ -5,16 +5,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from triphase.brainstats import (
-    block_permutation_test,
-    block_permutations,
-    bootstrap_score_ci,
-    fdr_bh,
-    fraction_significant,
-    noise_ceiling,
-)
+from triphase.brain.statistics import block_permutation_test, block_permutations, bootstrap_score_ci, fdr_bh, fraction_significant, noise_ceiling
 from signals import ar1
-from triphase.encoding import score_voxels
+from triphase.brain.encoding import score_voxels
 
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from triphase.checkpoints import Checkpoint, pythia_steps, select_checkpoints
-from triphase.series import get_series, list_series
+from triphase.models.checkpoints import Checkpoint, pythia_steps, select_checkpoints
+from triphase.models.series import get_series, list_series
 
 
 def test_pythia_schedule_matches_published_revisions():

@@ -1,6 +1,6 @@
 import pytest
 
-from triphase.config import ConfigError, load_run_config
+from triphase.runs.config import ConfigError, load_run_config
 
 
 def test_presets_load_and_fill_notebooks():

@@ -6,14 +6,7 @@ import pandas as pd
 import pytest
 
 from signals import ar1
-from triphase.encoding import (
-    DEFAULT_ALPHAS,
-    BadVoxelWarning,
-    brain_scores,
-    fit_encoding_model,
-    leave_stories_out_splits,
-    score_voxels,
-)
+from triphase.brain.encoding import DEFAULT_ALPHAS, BadVoxelWarning, brain_scores, fit_encoding_model, leave_stories_out_splits, score_voxels
 
 BACKENDS = ["numpy", "torch"]
 

@@ -5,16 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from triphase.checkpoints import Checkpoint
-from triphase.features import (
-    cached_story_features,
-    last_token_of_words,
-    plan_windows,
-    tokenize_words,
-    tokens_processed,
-    word_char_spans,
-    word_hidden_states,
-)
+from triphase.models.checkpoints import Checkpoint
+from triphase.models.features import cached_story_features, last_token_of_words, plan_windows, tokenize_words, tokens_processed, word_char_spans, word_hidden_states
 
 torch.set_num_threads(1)
 

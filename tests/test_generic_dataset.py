@@ -10,7 +10,7 @@ import torch
 
 from fixtures_real import tiny_model, train_bpe_tokenizer
 from triphase.datasets import get_dataset
-from triphase.features import word_hidden_states
+from triphase.models.features import word_hidden_states
 
 JAPANESE = {
     "story1": ["昔々", "ある", "村", "に", "おじいさん", "と", "おばあさん", "が", "住んで", "いました"],
@@ -88,7 +88,7 @@ def test_japanese_tokens_map_back_to_words_by_character_offsets(japanese):
 
 
 def test_brain_data_with_hf5_responses(tmp_path):
-    from triphase.brain import BrainData
+    from triphase.brain.sweep import BrainData
 
     english = {"a": ["the", "cat", "sat"], "b": ["a", "dog", "ran"], "c": ["birds", "sang", "loudly"]}
     root = tmp_path / "en"

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from fixtures_real import ENGLISH_TEXT, tiny_model_folder, train_bpe_tokenizer, write_hub_revision
-from triphase import hub
-from triphase.series import get_series
+from triphase.models import hub, integrity
+from triphase.models.series import models_table
+from triphase.models.series import get_series
 
 REPO = "EleutherAI/pythia-14m"
 
@@ -33,7 +34,7 @@ def test_pythia_and_amber_patterns_are_generated():
 
 
 def test_models_table_lists_every_family():
-    table = hub.models_table().set_index("name")
+    table = models_table().set_index("name")
     for name in ["pythia-14m", "pythia-12b", "pythia-70m-deduped", "pythia-12b-deduped", "olmo-2-1124-7b",
                  "olmo-7b-0724", "amber", "llm-jp-3-1.8b"]:
         assert name in table.index, name
@@ -65,7 +66,7 @@ def test_online_only_lists_need_the_cache_or_an_explicit_list(fresh_home, monkey
 
 
 def test_integrity_flags_planted_cases():
-    flags = hub.integrity_flags([
+    flags = integrity.integrity_flags([
         {"checkpoint": "step0", "fingerprint": "a"},
         {"checkpoint": "step1", "fingerprint": "a"},      # step0 == step1 (a known Pythia report)
         {"checkpoint": "step2", "fingerprint": None},     # missing branch
@@ -94,7 +95,7 @@ def test_offline_missing_revision_error(tmp_path, monkeypatch):
     assert "triphase fetch model pythia-160m --checkpoints step16" in message
     assert str(tmp_path / "hf" / "hub") in message
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE"):
-        from triphase.fetch import fetch_model
+        from triphase.runs.fetch import fetch_model
 
         fetch_model("pythia-160m", ["step0"])
 
@@ -105,28 +106,28 @@ def test_fingerprint_is_dtype_stable_and_weight_sensitive():
     from fixtures_real import tiny_model
 
     a, b = tiny_model(50, seed=0), tiny_model(50, seed=1)
-    assert hub.weight_fingerprint(a) != hub.weight_fingerprint(b)
-    assert hub.weight_fingerprint(a) == hub.weight_fingerprint(a.to(torch.bfloat16))
+    assert integrity.weight_fingerprint(a) != integrity.weight_fingerprint(b)
+    assert integrity.weight_fingerprint(a) == integrity.weight_fingerprint(a.to(torch.bfloat16))
     with torch.no_grad():
         next(iter(a.parameters()))[0, 0] += 1.0  # the first tensor is always sampled, from element 0
-    assert hub.weight_fingerprint(a) != hub.weight_fingerprint(b.to(torch.float32))
+    assert integrity.weight_fingerprint(a) != integrity.weight_fingerprint(b.to(torch.float32))
 
 
 # --------------------------------------------------------------------------- offline end to end
 SWEEP_SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from triphase import hub
-    from triphase.checkpoints import select_checkpoints
-    from triphase.features import word_hidden_states
-    from triphase.series import get_series
+    from triphase.models import integrity
+    from triphase.models.checkpoints import select_checkpoints
+    from triphase.models.features import word_hidden_states
+    from triphase.models.series import get_series
 
     words = sys.argv[2].split()
     series = get_series("pythia-14m")                      # the preset, as a user names it
     chosen = select_checkpoints(series.checkpoints, ["step0", "step1", "step2", "step4", "step8", "step16",
                                                      "step143000"])
     rows, skipped = [], {}
-    for item in hub.iter_loaded(chosen, device="cpu"):
+    for item in integrity.iter_loaded(chosen, device="cpu"):
         if not item.ok:
             skipped[item.checkpoint.name] = item.reason
             rows.append({"checkpoint": item.checkpoint.name, **item.identity})
@@ -135,7 +136,7 @@ SWEEP_SCRIPT = textwrap.dedent("""
         np.save(f"{sys.argv[1]}/{item.checkpoint.name}.npy", feats)
         rows.append({"checkpoint": item.checkpoint.name, **item.identity, "step": item.checkpoint.step,
                      "tokens_seen": item.checkpoint.tokens_seen})
-    flags = hub.integrity_flags(rows)
+    flags = integrity.integrity_flags(rows)
     print(json.dumps({"rows": rows, "skipped": skipped, "flags": flags.to_dict(orient="list")}))
 """)
 
@@ -187,7 +188,7 @@ def test_offline_sweep_through_the_hub_cache(weight_folders, tmp_path):
     # The features come from the planted weights: compare with a direct load of the source folder.
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from triphase.features import word_hidden_states
+    from triphase.models.features import word_hidden_states
 
     for rev, folder in (("step0", w0), ("step2", w1), ("step143000", w2)):
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -202,10 +203,10 @@ PIPELINES_SCRIPT = textwrap.dedent("""
     import json, warnings
     import pandas as pd
     from triphase import results_dir
-    from triphase.brain import brain_alignment
-    from triphase.integrity import MissingCheckpointWarning, load_flags
-    from triphase.internal_states import internal_states
-    from triphase.tasks import downstream_tasks
+    from triphase.brain.sweep import brain_alignment
+    from triphase.internal.sweep import internal_states
+    from triphase.models.integrity import MissingCheckpointWarning, load_flags
+    from triphase.tasks.sweep import downstream_tasks
 
     chosen = ["step0", "step1", "step2", "step16", "step143000"]
     tiny = {"preset": "tiny"}

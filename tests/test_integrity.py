@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from triphase.integrity import attach_identity, integrity_summary, missing_reason
+from triphase.models.integrity import attach_identity, integrity_summary, missing_reason
 
 
 def _flags(rows):
@@ -42,7 +42,7 @@ def test_integrity_summary_names_every_flagged_checkpoint():
 def test_missing_reason_only_for_missing_branches():
     from types import SimpleNamespace
 
-    from triphase.hub import CheckpointMissingError
+    from triphase.models.hub import CheckpointMissingError
 
     ckpt = SimpleNamespace(name="step16", source="EleutherAI/pythia-14m", revision="step16", series="pythia-14m")
     reason = missing_reason(CheckpointMissingError(ckpt.source, ckpt.revision, ckpt.series), ckpt)
@@ -54,8 +54,8 @@ def test_missing_reason_only_for_missing_branches():
 def test_skip_if_missing_records_missing_branches_only():
     from types import SimpleNamespace
 
-    from triphase.hub import CheckpointMissingError
-    from triphase.integrity import MissingCheckpointWarning, SweepLog
+    from triphase.models.hub import CheckpointMissingError
+    from triphase.models.integrity import MissingCheckpointWarning, SweepLog
 
     ckpt = SimpleNamespace(name="step16", source="EleutherAI/pythia-14m", revision="step16", series="pythia-14m")
     missing = CheckpointMissingError(ckpt.source, ckpt.revision, ckpt.series)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from triphase import internal
+from triphase.internal import measures as internal
 
 
 def _embedded_gaussian(n, d, ambient, seed):

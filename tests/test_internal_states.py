@@ -7,14 +7,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from triphase import internal, internal_states as ist
+from triphase.internal import measures as internal, sweep as ist
 
 
 @pytest.fixture(scope="module")
 def final_model(tiny_organism):
     import torch
 
-    from triphase.checkpoints import load_checkpoint
+    from triphase.models.loading import load_checkpoint
 
     torch.set_num_threads(1)
     model, tokenizer = load_checkpoint(tiny_organism.final, device="cpu", attn_implementation="eager")
@@ -35,13 +35,13 @@ def test_heldout_text_labels_and_sentence_positions():
     # the punctuation rule gives the grammar's gold positions on story-world text
     positions = np.concatenate([ist.sentence_positions(ws) for ws in text.words])
     np.testing.assert_array_equal(positions, text.labels["position"])
-    from triphase.storyworld import POS_TAGS
+    from triphase.models.storyworld import POS_TAGS
 
     assert set(text.labels["pos"]) <= set(POS_TAGS)
     assert np.all(text.labels["frequency"] > 0)  # every story-world word is an English word
     assert text.first_word.sum() == 2 and text.first_word[0] and text.first_word[len(text.words[0])]
     # held-out analysis stories are not the simulated participant's stimuli (seed 0)
-    from triphase.storyworld import stimulus_stories
+    from triphase.models.storyworld import stimulus_stories
 
     assert text.words[0] != [w.text for w in stimulus_stories(1, seed=3)[0].words]
 
@@ -55,7 +55,7 @@ def test_textset_validates_labels():
 def test_text_pass_single_window_matches_model_loss_and_numpy_entropy(final_model):
     import torch
 
-    from triphase.features import tokenize_words
+    from triphase.models.features import tokenize_words
 
     model, tokenizer = final_model
     text = _short_text(1, 15)
@@ -73,7 +73,7 @@ def test_text_pass_single_window_matches_model_loss_and_numpy_entropy(final_mode
 
 
 def test_text_pass_windows_reproduce_brain_features_and_score_each_token_once(final_model):
-    from triphase.features import tokenize_words, word_hidden_states
+    from triphase.models.features import tokenize_words, word_hidden_states
 
     model, tokenizer = final_model
     text = _short_text(2, 40)
@@ -92,7 +92,7 @@ def test_text_pass_windows_reproduce_brain_features_and_score_each_token_once(fi
 
 def test_step0_is_near_uniform_loss_and_uniform_induction(tiny_organism):
     """An untrained model: loss ~ log(vocab), prefix-matching score ~ the uniform-attention closed form."""
-    from triphase.checkpoints import load_checkpoint, release
+    from triphase.models.loading import load_checkpoint, release
 
     model, tokenizer = load_checkpoint(tiny_organism.checkpoints[0], device="cpu", attn_implementation="eager")
     length = 16
@@ -176,7 +176,7 @@ def test_pipeline_values_make_sense(tiny_organism, small_run):
 
 def test_pipeline_writes_results_and_reruns_from_cache(tiny_organism, small_run, monkeypatch):
     import triphase
-    import triphase.checkpoints
+    import triphase.models.checkpoints
 
     path = triphase.results_dir(tiny_organism.name, "simulated", "sim01") / ist.INTERNAL_TABLE
     pd.testing.assert_frame_equal(pd.read_parquet(path), small_run)
@@ -185,7 +185,7 @@ def test_pipeline_writes_results_and_reruns_from_cache(tiny_organism, small_run,
     def refuse(*args, **kwargs):
         raise AssertionError("a cached run must not load weights")
 
-    monkeypatch.setattr(triphase.checkpoints, "load_checkpoint", refuse)
+    monkeypatch.setattr(ist, "load_checkpoint", refuse)
     again = ist.internal_states(tiny_organism, checkpoints=3, **SMALL)
     pd.testing.assert_frame_equal(again, small_run)
 
@@ -226,9 +226,9 @@ def test_induction_score_rises_once_the_default_organism_learns_to_copy(monkeypa
     Runs on the default organism trained by ``make book`` (its data home given by
     ``TRIPHASE_DEFAULT_ORGANISM_HOME``); CI does not train it.
     """
-    from triphase.checkpoints import load_checkpoint, release
-    from triphase.organism import train_organism
-    from triphase.series import get_series
+    from triphase.models.loading import load_checkpoint, release
+    from triphase.models.organism import train_organism
+    from triphase.models.series import get_series
 
     monkeypatch.setenv("TRIPHASE_HOME", DEFAULT_ORGANISM_HOME)
     train_organism("default", progress=False)

@@ -11,7 +11,7 @@ from fixtures_real import long_textgrid, planted_word_rate, speech_intervals, wr
 from triphase.datasets import get_dataset
 from triphase.datasets.lebel2023 import LeBel2023, simulated_tr_times
 from triphase.datasets.textgrid import TextGridError, format_textgrid, parse_textgrid, read_textgrid
-from triphase.timeseries import story_design
+from triphase.brain.timeseries import story_design
 
 TR = 2.0
 DELAY_TRS = 2
@@ -146,7 +146,7 @@ def test_missing_files_name_the_fetch_command(ds003020, tmp_path):
 
 
 def test_fetch_offline_gives_the_command_and_the_place(tmp_path, monkeypatch):
-    from triphase.fetch import fetch_lebel2023, lebel2023_include_patterns
+    from triphase.runs.fetch import fetch_lebel2023, lebel2023_include_patterns
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError) as err:
@@ -163,7 +163,7 @@ def test_fetch_offline_gives_the_command_and_the_place(tmp_path, monkeypatch):
 
 
 def test_brain_data_accepts_the_adapter(ds003020):
-    from triphase.brain import BrainData
+    from triphase.brain.sweep import BrainData
 
     root, truth = ds003020
     data = BrainData(LeBel2023(root), "UTS03")

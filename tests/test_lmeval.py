@@ -29,9 +29,10 @@ def embedded_lmeval_tasks(tiny_organism, offline_datasets):
     """The embedded suite (zero- and one-shot prompts) as lm-eval tasks, with triphase's own results."""
     import torch
 
-    from triphase.checkpoints import load_checkpoint, release
-    from triphase.lmeval import write_lmeval_task
-    from triphase.tasks import build_prompt, embedded_items, evaluate_items, few_shot_examples
+    from triphase.models.loading import load_checkpoint, release
+    from triphase.tasks.lmeval import write_lmeval_task
+    from triphase.tasks.items import build_prompt, embedded_items, few_shot_examples
+    from triphase.tasks.scoring import evaluate_items
 
     torch.set_num_threads(1)
     folder = offline_datasets / "lmeval_tasks"
@@ -52,9 +53,9 @@ def embedded_lmeval_tasks(tiny_organism, offline_datasets):
 def test_simple_evaluate_equals_own_mc_accuracy(tiny_organism, embedded_lmeval_tasks):
     from lm_eval.tasks import TaskManager
 
-    from triphase.checkpoints import load_checkpoint
-    from triphase.generation import option_loglikelihoods
-    from triphase.tasks import mc_options
+    from triphase.models.loading import load_checkpoint
+    from triphase.tasks.generation import option_loglikelihoods
+    from triphase.tasks.items import mc_options
 
     folder, ours, items_of = embedded_lmeval_tasks
     names = sorted(ours)
@@ -79,7 +80,7 @@ def test_simple_evaluate_equals_own_mc_accuracy(tiny_organism, embedded_lmeval_t
 
 
 def test_lmeval_checkpoint_rows_and_cache(tiny_organism, embedded_lmeval_tasks):
-    from triphase.lmeval import lmeval_checkpoint
+    from triphase.tasks.lmeval import lmeval_checkpoint
 
     folder, ours, _ = embedded_lmeval_tasks
     names = [n for n in sorted(ours) if n.endswith("_0shot")]
@@ -102,7 +103,7 @@ def test_lmeval_checkpoint_rows_and_cache(tiny_organism, embedded_lmeval_tasks):
 def test_cache_key_follows_weights_not_names(tiny_organism, embedded_lmeval_tasks):
     from lm_eval.tasks import TaskManager
 
-    from triphase.lmeval import lmeval_cache_key, model_identity
+    from triphase.tasks.lmeval import lmeval_cache_key, model_identity
 
     folder, ours, _ = embedded_lmeval_tasks
     manager = TaskManager(include_path=str(folder), include_defaults=False)
@@ -120,8 +121,8 @@ def test_cache_key_follows_weights_not_names(tiny_organism, embedded_lmeval_task
 
 
 def test_hub_identity_is_the_resolved_commit(tmp_path, monkeypatch):
-    from triphase.checkpoints import Checkpoint
-    from triphase.lmeval import model_identity
+    from triphase.models.checkpoints import Checkpoint
+    from triphase.tasks.lmeval import model_identity
 
     commit = "a" * 40
     repo_dir = tmp_path / "hub" / "models--org--model"
@@ -140,7 +141,7 @@ def test_hub_identity_is_the_resolved_commit(tmp_path, monkeypatch):
 def test_ifeval_without_punkt_fails_early_with_command(tmp_path, monkeypatch):
     import nltk
 
-    from triphase.lmeval import check_nltk_data
+    from triphase.tasks.lmeval import check_nltk_data
 
     monkeypatch.setattr(nltk.data, "path", [str(tmp_path / "no_nltk_data")])
     with pytest.raises(RuntimeError, match=r"python -m nltk\.downloader punkt_tab"):
@@ -149,7 +150,7 @@ def test_ifeval_without_punkt_fails_early_with_command(tmp_path, monkeypatch):
 
 
 def test_real_presets_name_lmeval_tasks():
-    from triphase.tasks import resolve_tasks
+    from triphase.tasks.sweep import resolve_tasks
 
     kind, names = resolve_tasks(None, tier="real")
     assert kind == "lmeval"

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from triphase.organism import OrganismConfig, complete_steps, run_dir, run_info, train_organism, training_log
+from triphase.models.organism import OrganismConfig, complete_steps, run_dir, run_info, train_organism, training_log
 
 
 def test_tiny_run_has_pythia_schedule_and_log(tiny_organism):
@@ -31,7 +31,7 @@ def test_training_lowers_heldout_loss(tiny_organism):
 
 
 def test_checkpoints_load_as_hugging_face_models(tiny_organism):
-    from triphase.checkpoints import load_checkpoint
+    from triphase.models.loading import load_checkpoint
 
     model, tok = load_checkpoint(tiny_organism.final, device="cpu")
     assert model.config.model_type == "gpt_neox"
@@ -82,7 +82,7 @@ def test_config_validation_names_the_field():
 
 
 def test_untrained_series_says_how_to_train(fresh_home):
-    from triphase.series import get_series
+    from triphase.models.series import get_series
 
     with pytest.raises(FileNotFoundError, match="triphase train --config tiny"):
         get_series("organism-tiny")

@@ -24,24 +24,12 @@ import pandas as pd
 import pytest
 
 from triphase._io import write_parquet
-from triphase.phases import (
-    FALLING,
-    FLAT,
-    RISING,
-    _fit_given,
-    _pattern_codes,
-    _select,
-    accuracy_phases,
-    alignment_table,
-    describe_phases,
-    detect_phases,
-    detect_phases_many,
-    has_triple_pattern,
-    instruction_following_onset,
-    internal_change_points,
-    log_tokens,
-    plot_phases,
-)
+from triphase.phases.piecewise import FALLING, FLAT, RISING, _fit_given, _pattern_codes, _select, has_triple_pattern, log_tokens
+from triphase.phases.boundaries import accuracy_phases, instruction_following_onset, internal_change_points
+from triphase.phases.table import alignment_table
+from triphase.phases.text import describe_phases
+from triphase.phases.inference import detect_phases, detect_phases_many
+from triphase.phases.plots import plot_phases
 
 PATTERN_DRAWS = 200
 PATTERN_NOISE = 0.05

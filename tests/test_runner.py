@@ -4,7 +4,8 @@ import shutil
 import nbformat
 import pytest
 
-from triphase.runner import NotebookFailed, collapse_progress_output, execute_notebook, notebook_parameters, run
+from triphase.runs.runner import NotebookFailed, collapse_progress_output, execute_notebook, run
+from triphase.runs.template import notebook_parameters
 from conftest import REPO_ROOT
 
 BOOK_FILES = ("_config.yml", "_toc.yml")

@@ -6,17 +6,11 @@ import copy
 import numpy as np
 import pytest
 
-from triphase.brain import BrainData, evaluate_design
-from triphase.brainstats import noise_ceiling
+from triphase.brain.sweep import BrainData, evaluate_design
+from triphase.brain.statistics import noise_ceiling
 from triphase.datasets import get_dataset
-from triphase.datasets.simulated import (
-    NO_REGION,
-    SimulatedParticipant,
-    leaky_integrate,
-    load_participant_params,
-    participant_presets,
-)
-from triphase.timeseries import story_design
+from triphase.datasets.simulated import NO_REGION, SimulatedParticipant, leaky_integrate, load_participant_params, participant_presets
+from triphase.brain.timeseries import story_design
 
 SUBJECT = "sim01"
 

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from triphase import storyworld as sw
+from triphase.models import storyworld as sw
 
 NAMES = {n.lower(): g for n, g in sw.CHARACTERS}
 PLACES = set(sw.PLACES)
@@ -143,7 +143,7 @@ def test_same_seed_same_output_other_seed_other_output():
 
 def test_output_is_identical_in_a_fresh_process():
     """No dependence on Python's per-process string hashing."""
-    code = ("import hashlib, triphase.storyworld as sw; "
+    code = ("import hashlib, triphase.models.storyworld as sw; "
             "print(hashlib.sha256('\\n'.join(sw.training_documents(3, 40, 0.2)).encode()).hexdigest())")
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout.strip()

@@ -19,8 +19,8 @@ import pandas as pd
 import pytest
 
 from conftest import REPO_ROOT
-from triphase.phases import log_tokens
-from triphase.tasks import wilson_interval
+from triphase.phases.piecewise import log_tokens
+from triphase.tasks.scoring import wilson_interval
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "04_phases.ipynb"
 DATASET = "simulated"

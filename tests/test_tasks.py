@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from triphase import TaskItem
-from triphase.generation import cut_at_stop, greedy_generate, option_loglikelihoods
-from triphase.tasks import (build_prompt, embedded_items, few_shot_examples, load_task_file, mc_options,
-                            score_generations, summarize_scores, wilson_interval, write_task_file)
+from triphase.tasks.generation import cut_at_stop, greedy_generate, option_loglikelihoods
+from triphase.tasks.items import build_prompt, embedded_items, few_shot_examples, load_task_file, mc_options, write_task_file
+from triphase.tasks.scoring import score_generations, summarize_scores, wilson_interval
 
 YESNO = TaskItem("yesno", "Is Anna in the park? Answer with yes or no.", "Anna is in the park.", r"^(yes|no)$",
                  "yes", (), "yn-1")
@@ -251,7 +251,7 @@ def test_bad_task_file_names_the_item(tmp_path):
 
 # --------------------------------------------------------------------------- pipeline
 def test_downstream_tasks_table_on_tiny_organism(tiny_organism, tmp_path):
-    from triphase.tasks import downstream_tasks, example_answers, load_tasks_results
+    from triphase.tasks.sweep import downstream_tasks, example_answers, load_tasks_results
 
     df = downstream_tasks(tiny_organism, checkpoints=2, tasks=["yesno", "choice"], n_items=12, few_shot=(0, 1),
                           max_new_tokens=4, device="cpu", progress=False, subject="tasktest")

@@ -4,17 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from triphase.timeseries import (
-    ConstantColumnWarning,
-    check_rows,
-    lanczos_downsample,
-    lanczos_kernel,
-    make_delayed,
-    stack_design,
-    story_design,
-    trim,
-    zscore,
-)
+from triphase.brain.timeseries import ConstantColumnWarning, check_rows, lanczos_downsample, lanczos_kernel, make_delayed, stack_design, story_design, trim, zscore
 
 TR = 2.0
 

@@ -15,43 +15,50 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ._home import cache_dir, data_home, results_dir
-from ._io import atomic_dir, atomic_path, stable_hash, write_parquet
-from ._taskitem import TaskItem
-from .checkpoints import Checkpoint, load_checkpoint, pythia_steps, select_checkpoints
+from triphase._home import cache_dir, data_home, results_dir
+from triphase._io import atomic_dir, atomic_path, stable_hash, write_parquet
+from triphase._taskitem import TaskItem
+from triphase.models.checkpoints import Checkpoint, pythia_steps, select_checkpoints
 
 if "IPython" in sys.modules:
     # In a Jupyter kernel, import tqdm.auto now with its "IProgress not found" warning silenced, before
     # transformers or huggingface_hub import it and print the warning into the notebook.
-    from . import _progress  # noqa: F401
+    from triphase import _progress  # noqa: F401
 
 __version__ = "0.1.0"
 
-#: public name -> module that defines it (imported lazily)
+#: public name -> module that defines it (imported on first use: most of them pull in torch)
 _LAZY = {
-    # checkpoint series and the organism
-    "CheckpointSeries": "series", "get_series": "series", "list_series": "series",
-    "OrganismConfig": "organism", "train_organism": "organism", "training_log": "organism",
-    # configuration and the runner
-    "load_run_config": "config", "run": "runner", "execute_notebook": "runner", "build_book": "runner",
+    # models: checkpoint series, loading, integrity, the organism, word features
+    "load_checkpoint": "models.loading", "release": "models.loading",
+    "CheckpointSeries": "models.series", "get_series": "models.series", "list_series": "models.series",
+    "models_table": "models.series",
+    "OrganismConfig": "models.organism", "train_organism": "models.organism", "training_log": "models.organism",
+    "checkpoint_identity": "models.integrity", "integrity_flags": "models.integrity",
+    "checkpoint_flags": "models.integrity", "integrity_summary": "models.integrity", "iter_loaded": "models.integrity",
+    "word_hidden_states": "models.features",
     # datasets
     "get_dataset": "datasets", "list_datasets": "datasets", "Dataset": "datasets",
     # perspective 1: brain alignment
-    "word_hidden_states": "features", "lanczos_downsample": "timeseries", "make_delayed": "timeseries",
-    "story_design": "timeseries", "fit_encoding_model": "encoding", "score_voxels": "encoding",
-    "brain_scores": "encoding", "noise_ceiling": "brainstats", "block_permutation_test": "brainstats",
-    "fdr_bh": "brainstats", "bootstrap_score_ci": "brainstats", "brain_alignment": "brain",
-    # the real tier
-    "checkpoint_identity": "hub", "integrity_flags": "hub", "models_table": "hub",
-    "checkpoint_flags": "integrity", "integrity_summary": "integrity",
+    "lanczos_downsample": "brain.timeseries", "make_delayed": "brain.timeseries", "story_design": "brain.timeseries",
+    "fit_encoding_model": "brain.encoding", "score_voxels": "brain.encoding", "brain_scores": "brain.encoding",
+    "noise_ceiling": "brain.statistics", "block_permutation_test": "brain.statistics", "fdr_bh": "brain.statistics",
+    "bootstrap_score_ci": "brain.statistics", "brain_alignment": "brain.sweep",
+    # perspective 2: internal states
+    "internal_states": "internal.sweep",
+    # perspective 3: downstream tasks
+    "downstream_tasks": "tasks.sweep",
     # phases
-    "detect_phases": "phases", "describe_phases": "phases", "alignment_table": "phases",
+    "detect_phases": "phases.inference", "describe_phases": "phases.text", "alignment_table": "phases.table",
+    # runs
+    "load_run_config": "runs.config", "run": "runs.runner", "execute_notebook": "runs.runner",
+    "build_book": "runs.runner",
     # plotting
     "tier_label": "plotting",
 }
 
 __all__ = sorted([
-    "Checkpoint", "TaskItem", "atomic_dir", "atomic_path", "cache_dir", "data_home", "load_checkpoint",
+    "Checkpoint", "TaskItem", "atomic_dir", "atomic_path", "cache_dir", "data_home",
     "pythia_steps", "results_dir", "select_checkpoints", "stable_hash", "write_parquet", *_LAZY,
 ])
 

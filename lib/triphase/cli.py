@@ -26,21 +26,21 @@ def _parse_value(text: str):
 
 
 def _cmd_run(args) -> int:
-    from .runner import run
+    from triphase.runs.runner import run
 
     started = time.perf_counter()
     report = run(args.config, force=args.force or (), build=not args.no_build, progress=not args.quiet)
     print(report.summary())
     print(f"total {time.perf_counter() - started:.1f} s")
     if not args.no_build:
-        from .runner import book_root
+        from triphase.runs.template import book_root
 
         print(f"book: {book_root() / '_build' / 'html' / 'index.html'}")
     return 0
 
 
 def _cmd_train(args) -> int:
-    from .organism import run_info, train_organism
+    from triphase.models.organism import run_info, train_organism
 
     path = train_organism(args.config, progress=not args.quiet, stop_at_step=args.stop_at_step)
     print(path)
@@ -53,8 +53,9 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_notebook(args) -> int:
-    from .config import load_run_config
-    from .runner import DEFAULT_SCOPE, NOTEBOOK_SCOPE, SYNTHESIS_FOLDER, book_root, execute_notebook
+    from triphase.runs.config import load_run_config
+    from triphase.runs.runner import DEFAULT_SCOPE, NOTEBOOK_SCOPE, SYNTHESIS_FOLDER, execute_notebook
+    from triphase.runs.template import book_root
 
     cfg = load_run_config(args.config)
     params = {key: _parse_value(value) for key, value in (args.param or [])}
@@ -75,17 +76,17 @@ def _cmd_notebook(args) -> int:
 
 
 def _cmd_build(args) -> int:
-    from .runner import build_book
+    from triphase.runs.runner import build_book
 
     print(build_book() / "index.html")
     return 0
 
 
 def _cmd_models(args) -> int:
-    from .series import load_presets
+    from triphase.models.series import load_presets
 
     try:
-        from .hub import models_table
+        from triphase.models.series import models_table
 
         table = models_table()
     except ImportError:
@@ -98,7 +99,7 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_fetch(args) -> int:
-    from . import fetch
+    from triphase.runs import fetch
 
     if args.what == "model":
         fetch.fetch_model(args.target, checkpoints=args.checkpoints or "all")
@@ -108,7 +109,7 @@ def _cmd_fetch(args) -> int:
 
 
 def _cmd_home(args) -> int:
-    from ._home import data_home
+    from triphase._home import data_home
 
     print(data_home())
     return 0

@@ -1,6 +1,13 @@
 """Shared plotting helpers: tier labels and the organism's training curve."""
 from __future__ import annotations
 
+import numpy as np
+
+#: Where step0 (zero tokens) is drawn on a log axis: this fraction of the first positive tokens_seen.
+
+
+#: Where step0 (zero tokens) is drawn on a log axis: this fraction of the first positive tokens_seen.
+STEP0_POSITION = 0.5
 TIER_LABELS = {
     "embedded": "embedded tier: model organism / simulated participant",
     "real": "real tier: public checkpoints / recorded fMRI",
@@ -25,30 +32,15 @@ def stamp_tier(fig, tier: str) -> None:
     fig.text(0.995, 0.005, tier_label(tier), ha="right", va="bottom", fontsize=8, color="0.35")
 
 
-def plot_training_curve(log, unigram_entropy: float | None = None, ax=None, tier: str = "embedded"):
-    """Train and held-out loss against tokens seen (log x).
+def log_positions(tokens: np.ndarray) -> np.ndarray:
+    """x positions on a log axis: step0 (0 tokens) at half the first positive value.
 
-    Parameters
-    ----------
-    log : DataFrame
-        Columns ``tokens_seen``, ``train_loss``, ``heldout_loss`` (see
-        :func:`triphase.organism.training_log`).
-    unigram_entropy : float, optional
-        Drawn as a horizontal reference (nats/token).
+    Examples
+    --------
+    >>> log_positions(np.array([0, 100, 1000])).tolist()
+    [50.0, 100.0, 1000.0]
     """
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4))
-    seen = log[log["tokens_seen"] > 0]
-    ax.plot(seen["tokens_seen"], seen["train_loss"], lw=0.8, alpha=0.6, label="train loss (batch)")
-    held = seen.dropna(subset=["heldout_loss"])
-    ax.plot(held["tokens_seen"], held["heldout_loss"], "o-", ms=4, label="held-out loss (checkpoints)")
-    if unigram_entropy is not None:
-        ax.axhline(unigram_entropy, color="0.3", ls="--", lw=1, label=f"unigram entropy ({unigram_entropy:.2f})")
-    ax.set_xscale("log")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("cross-entropy (nats / token)")
-    ax.set_title(f"Training curve ({tier_label(tier)})", fontsize=10)
-    ax.legend(frameon=False)
-    return ax
+    tokens = np.asarray(tokens, dtype=float)
+    positive = tokens[tokens > 0]
+    floor = positive.min() * STEP0_POSITION if positive.size else 1.0
+    return np.where(tokens > 0, tokens, floor)

@@ -9,7 +9,7 @@ it, so feature and encoding code never needs to know which one it talks to.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from ._base import Dataset
+from triphase.datasets._base import Dataset
 
 #: name -> "module:Class" (relative to triphase.datasets)
 DATASETS = {

@@ -26,7 +26,7 @@ its response file; row ``i`` is sampled at mid-volume,
 response rows (checked). For text written without spaces set
 ``"word_join": ""``: features are then read from ``"".join(words)`` and each
 word is mapped to its last token by character offsets
-(:func:`triphase.features.word_hidden_states` with ``join=""``).
+(:func:`triphase.models.features.word_hidden_states` with ``join=""``).
 
 Examples
 --------
@@ -38,10 +38,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pandas as pd
 
-from ._base import Dataset, VoxelSpace, WordTimings
+from triphase.datasets._base import Dataset, VoxelSpace, WordTimings
 
 SIDECAR = "dataset.json"
 EVENTS_SUFFIX = "_events.tsv"
@@ -127,7 +128,6 @@ class GenericDataset(Dataset):
     def _load_array(path: Path, mmap: bool = False) -> np.ndarray:
         if path.suffix == ".npy":
             return np.load(path, mmap_mode="r" if mmap else None)
-        import h5py
 
         with h5py.File(path, "r") as handle:
             if RESPONSE_KEY not in handle:
@@ -182,7 +182,6 @@ class GenericDataset(Dataset):
             if path.suffix == ".npy":
                 counts[subject] = int(np.load(path, mmap_mode="r").shape[0])
             else:
-                import h5py
 
                 with h5py.File(path, "r") as handle:
                     counts[subject] = int(handle[RESPONSE_KEY].shape[0])

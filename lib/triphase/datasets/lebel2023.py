@@ -40,10 +40,12 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
+import h5py
 import numpy as np
 
-from ._base import Dataset, VoxelSpace, WordTimings
-from .textgrid import read_textgrid
+from triphase._home import cache_dir
+from triphase.datasets._base import Dataset, VoxelSpace, WordTimings
+from triphase.datasets.textgrid import read_textgrid
 
 DATASET_ID = "ds003020"
 #: Repetition time of the acquisition (s).
@@ -64,7 +66,6 @@ RESPONSE_KEY = "data"
 
 def default_root() -> Path:
     """``<data home>/datasets/ds003020``."""
-    from .._home import cache_dir
 
     return cache_dir("datasets") / DATASET_ID
 
@@ -214,7 +215,6 @@ class LeBel2023(Dataset):
         return timings
 
     def responses(self, subject: str, story: str) -> np.ndarray:
-        import h5py
 
         path = self._response_path(subject, story)
         if not path.exists():

@@ -8,7 +8,7 @@ to any result.
 Generative model
 ----------------
 1. **Stimuli.** ``n_train_stories`` stories plus one test story from
-   :func:`triphase.storyworld.stimulus_stories` (the held-out stream, never the
+   :func:`triphase.models.storyworld.stimulus_stories` (the held-out stream, never the
    organism's training text). Word timings follow a speaking-rate model: word
    ``i`` lasts ``(base + per_letter * letters_i) * exp(sd * z_i - sd^2 / 2)``
    seconds, words are separated by a short gap and sentences by a jittered
@@ -62,10 +62,16 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from nilearn.datasets import load_mni152_brain_mask
+from nilearn.glm.first_level.hemodynamic_models import glover_hrf, spm_hrf
+from scipy.signal import lfilter
+from wordfreq import zipf_frequency
 
-from .._home import cache_dir
-from .._io import atomic_dir, stable_hash, write_json
-from ._base import Dataset, VoxelSpace, WordTimings
+from triphase._home import cache_dir
+from triphase._io import atomic_dir, stable_hash, write_json
+from triphase._progress import tqdm
+from triphase.datasets._base import Dataset, VoxelSpace, WordTimings
+from triphase.models import storyworld
 
 PRESETS_FILE = "participant.yaml"
 #: Version of the generator; bump when the generative code changes (it keys the data on disk).
@@ -152,7 +158,6 @@ class StimulusStory:
 
 def _storyworld_stories(n: int, seed: int, sentences: int | None):
     """Stories from the story world's held-out stream (``sentences`` per story, or its default range)."""
-    from .. import storyworld
 
     if sentences is None:
         return storyworld.stimulus_stories(n, seed=seed)
@@ -392,7 +397,6 @@ class SimulatedParticipant(Dataset):
     # ------------------------------------------------------------ voxel space
     @cached_property
     def mask_img(self):
-        from nilearn.datasets import load_mni152_brain_mask
 
         return load_mni152_brain_mask(resolution=int(self.params["space"]["resolution_mm"]))
 
@@ -430,7 +434,6 @@ class SimulatedParticipant(Dataset):
     @cached_property
     def _word_feature_tables(self) -> dict[str, dict[str, np.ndarray]]:
         """Word-level values of every feature, per story (amplitudes centred over all stimulus words)."""
-        from wordfreq import zipf_frequency
 
         raw = {}
         for name, s in self.stimuli.items():
@@ -478,7 +481,6 @@ class SimulatedParticipant(Dataset):
 
     def _family_drive(self, family: str) -> dict[str, np.ndarray]:
         """HRF-convolved features of one family at the TR times (untrimmed), per story, not yet scaled."""
-        from nilearn.glm.first_level.hemodynamic_models import glover_hrf, spm_hrf
 
         hrf_params = self.params["hrf"]
         tr = float(self.params["timing"]["tr_s"])
@@ -530,7 +532,6 @@ class SimulatedParticipant(Dataset):
         return folder
 
     def _generate(self, subject: str, seed: int, folder: Path) -> None:
-        from scipy.signal import lfilter
 
         p = self.params
         layout = self.layout
@@ -586,7 +587,6 @@ class SimulatedParticipant(Dataset):
             return bold.astype(np.float32)
 
         n_repeats = int(p["stimuli"]["n_test_repeats"])
-        from .._progress import tqdm
 
         with atomic_dir(folder) as tmp:
             for i, story in enumerate(tqdm(stories[:-1], desc=f"simulating {subject}", disable=not self.progress)):

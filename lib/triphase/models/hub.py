@@ -33,15 +33,18 @@ Examples
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
-import numpy as np
+from huggingface_hub import HfApi, list_repo_refs, snapshot_download
+
+from triphase._home import cache_dir
+from triphase._io import write_json
+from triphase._progress import tqdm
+from triphase.models.checkpoints import Checkpoint
 
 #: Environment values that switch a flag on (as huggingface_hub reads them).
 _TRUE_VALUES = {"1", "on", "yes", "true", "y"}
@@ -52,9 +55,6 @@ WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.
 FETCH_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*")
 #: Fallback when a revision has no safetensors (older branches hold PyTorch pickles only).
 FETCH_PATTERNS_BIN = ("*.bin",)
-#: Tensors sampled for a fingerprint and values sampled per tensor (cheap for 7B models).
-FINGERPRINT_TENSORS = 6
-FINGERPRINT_VALUES = 4096
 #: Default regex that reads a step number from a revision name.
 DEFAULT_STEP_REGEX = r"step[_-]?(?P<step>\d+)|(?P<trailing>\d+)$"
 
@@ -186,7 +186,6 @@ def resolve_commit(repo_id: str, revision: str, cache_dir=None, online: bool | N
         online = not is_offline()
     if not online:
         return None
-    from huggingface_hub import HfApi
 
     return HfApi().model_info(repo_id, revision=revision).sha
 
@@ -244,7 +243,6 @@ def _template_revisions(name: str, spec: dict) -> list[Revision]:
 
 def refs_cache_path(repo_id: str) -> Path:
     """Where the revision list read online for a repo is kept (``<data home>/hub_refs/``)."""
-    from ._home import cache_dir
 
     return cache_dir("hub_refs") / (repo_id.replace("/", "--") + ".json")
 
@@ -264,9 +262,7 @@ def list_branches(repo_id: str, refresh: bool = False) -> list[str]:
             f"(it is cached to {path}), or give the revisions explicitly in the run YAML "
             f"(series: [{{name: ..., repo: {repo_id}, revisions: [...], tokens_per_step: ...}}])."
         )
-    from huggingface_hub import list_repo_refs
 
-    from ._io import write_json
 
     refs = list_repo_refs(repo_id)
     branches = sorted(b.name for b in refs.branches)
@@ -325,7 +321,6 @@ def expand_revisions(name: str, spec) -> list[Revision]:
 
 def build_hub_checkpoints(name: str, spec: dict):
     """Checkpoints of a hub series spec (the body of ``series._hub_loader``)."""
-    from .checkpoints import Checkpoint
 
     for key in ("repo", "revisions"):
         if key not in spec:
@@ -348,204 +343,6 @@ def build_hub_checkpoints(name: str, spec: dict):
     return [Checkpoint(name, r.name, r.step, r.step * per_step, spec["repo"], r.name, "real") for r in revisions]
 
 
-# --------------------------------------------------------------------------- presets table
-def _revision_count(name: str, spec: dict):
-    revisions = spec.get("revisions")
-    if isinstance(revisions, dict) and revisions.get("discover"):
-        path = refs_cache_path(spec["repo"])
-        if path.exists():
-            try:
-                return len(build_hub_checkpoints(name, spec))
-            except ValueError:
-                return 0
-        return "online"
-    return len(expand_revisions(name, revisions))
-
-
-def models_table():
-    """Every series preset: name, hub repo, number of checkpoints, tokens per step, status.
-
-    ``checkpoints`` is ``"online"`` for lists read with ``list_repo_refs`` and
-    not cached yet; ``revisions`` says whether the list is ``verified``
-    (published list/pattern checked against the model card), a ``pattern``
-    (generated, not checked against the hub) or ``online``.
-
-    Returns
-    -------
-    pandas.DataFrame
-    """
-    import pandas as pd
-
-    from .series import load_presets
-
-    rows = []
-    for name, spec in load_presets().items():
-        if spec["loader"] != "hub":
-            rows.append({"name": name, "loader": spec["loader"], "repo": "(trained here)", "checkpoints": "local",
-                         "tokens_per_step": "", "params": "", "bf16_weights_gb": "", "revisions": "embedded",
-                         "languages": ""})
-            continue
-        params = spec.get("params")
-        tps = spec.get("tokens_per_step")
-        rows.append({
-            "name": name, "loader": "hub", "repo": spec["repo"], "checkpoints": _revision_count(name, spec),
-            "tokens_per_step": "unknown" if tps is None else int(tps),
-            "params": params if params is not None else "",
-            "bf16_weights_gb": round(bf16_weight_gb(params), 1) if params else "",
-            "revisions": spec.get("revisions_status", "unverified"),
-            "languages": ",".join(spec.get("languages", [])),
-        })
-    return pd.DataFrame(rows)
-
-
-def bf16_weight_gb(params: float) -> float:
-    """Memory for weights in bfloat16: 2 bytes per parameter (GB = 1e9 bytes)."""
-    return 2.0 * float(params) / 1e9
-
-
-# --------------------------------------------------------------------------- identity
-def weight_fingerprint(model, n_tensors: int = FINGERPRINT_TENSORS, n_values: int = FINGERPRINT_VALUES) -> str:
-    """A cheap hash of a model's weights: a strided sample of a few tensors.
-
-    Tensors are chosen evenly along the state dict (embeddings, middle and last
-    blocks, head); from each, ``n_values`` evenly strided values are rounded to
-    bfloat16 (so a float32 and a bfloat16 load of the same weights agree) and
-    hashed with their names and shapes. Two different training states share a
-    fingerprint only if every sampled value agrees.
-
-    Returns
-    -------
-    str (16 hex characters)
-    """
-    import torch
-
-    state = model.state_dict()
-    names = [k for k, v in state.items() if torch.is_floating_point(v) and v.numel() > 0]
-    if not names:
-        raise ValueError("model has no floating-point tensors to fingerprint")
-    picks = sorted(set(np.linspace(0, len(names) - 1, min(n_tensors, len(names))).round().astype(int).tolist()))
-    digest = hashlib.sha256()
-    for i in picks:
-        tensor = state[names[i]].detach().reshape(-1)
-        stride = max(1, tensor.numel() // n_values)
-        sample = tensor[::stride][:n_values].to("cpu", torch.bfloat16).view(torch.int16).numpy()
-        digest.update(names[i].encode())
-        digest.update(str(tuple(state[names[i]].shape)).encode())
-        digest.update(sample.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def checkpoint_identity(checkpoint, model) -> dict:
-    """Resolved commit and weight fingerprint of a loaded checkpoint.
-
-    ``commit`` comes from the loaded config (``_commit_hash``, set by
-    ``from_pretrained`` for hub files), else the cache's ``refs/<revision>``;
-    None for local folders. Add both to every results table.
-
-    Returns
-    -------
-    dict(commit=str or None, fingerprint=str)
-    """
-    commit = getattr(getattr(model, "config", None), "_commit_hash", None)
-    if not (isinstance(commit, str) and _COMMIT.match(commit)):
-        commit = None
-        if is_hub_checkpoint(checkpoint):
-            commit = cached_commit(checkpoint.source, checkpoint.revision)
-    return {"commit": commit, "fingerprint": weight_fingerprint(model)}
-
-
-def integrity_flags(identities) -> "pd.DataFrame":
-    """Flag suspicious checkpoints of a sweep.
-
-    Parameters
-    ----------
-    identities : DataFrame or iterable of dict
-        In training order, each with ``checkpoint`` and ``fingerprint``
-        (None/NaN for a checkpoint that could not be loaded), optionally
-        ``commit`` and ``missing``.
-
-    Returns
-    -------
-    pandas.DataFrame
-        ``checkpoint, fingerprint, commit, missing, same_as_previous,
-        same_as_final, flag`` (``flag`` is a readable reason, ``""`` if none).
-        The final checkpoint is the last one loaded; ``same_as_previous``
-        compares with the previous *loaded* checkpoint.
-
-    Examples
-    --------
-    >>> flags = integrity_flags([{"checkpoint": "a", "fingerprint": "x"}, {"checkpoint": "b", "fingerprint": "x"},
-    ...                          {"checkpoint": "c", "fingerprint": "y"}])
-    >>> flags["same_as_previous"].tolist()
-    [False, True, False]
-    """
-    import pandas as pd
-
-    frame = pd.DataFrame(list(identities) if not isinstance(identities, pd.DataFrame) else identities)
-    if frame.empty:
-        return pd.DataFrame(columns=["checkpoint", "fingerprint", "commit", "missing", "same_as_previous",
-                                     "same_as_final", "flag"])
-    for column in ("checkpoint", "fingerprint"):
-        if column not in frame:
-            raise ValueError(f"integrity_flags needs a column {column!r}; got {list(frame.columns)}")
-    if "commit" not in frame:
-        frame["commit"] = None
-    fingerprints = [None if (f is None or (isinstance(f, float) and np.isnan(f))) else str(f)
-                    for f in frame["fingerprint"]]
-    missing = [f is None for f in fingerprints]
-    if "missing" in frame:
-        missing = [bool(m) or f is None for m, f in zip(frame["missing"], fingerprints)]
-    loaded = [i for i, m in enumerate(missing) if not m]
-    final = fingerprints[loaded[-1]] if loaded else None
-    same_prev, same_final, flags = [], [], []
-    previous = None
-    for i, fp in enumerate(fingerprints):
-        if missing[i]:
-            same_prev.append(False)
-            same_final.append(False)
-            flags.append("missing: could not be loaded")
-            continue
-        is_prev = previous is not None and fp == previous[1]
-        is_final = loaded and i != loaded[-1] and fp == final
-        reasons = []
-        if is_prev:
-            reasons.append(f"identical weights to the previous checkpoint {previous[0]}")
-        if is_final:
-            reasons.append("identical weights to the final checkpoint")
-        same_prev.append(bool(is_prev))
-        same_final.append(bool(is_final))
-        flags.append("; ".join(reasons))
-        previous = (frame["checkpoint"].iloc[i], fp)
-    return pd.DataFrame({"checkpoint": frame["checkpoint"].astype(str), "fingerprint": fingerprints,
-                         "commit": frame["commit"], "missing": missing, "same_as_previous": same_prev,
-                         "same_as_final": same_final, "flag": flags})
-
-
-# --------------------------------------------------------------------------- sweeps
-@dataclass
-class LoadedCheckpoint:
-    """A checkpoint loaded by :func:`iter_loaded` (``ok`` is True)."""
-
-    checkpoint: object
-    model: object
-    tokenizer: object
-    identity: dict
-    ok: bool = True
-
-
-@dataclass
-class SkippedCheckpoint:
-    """A checkpoint that could not be loaded (``ok`` is False); ``reason`` says why."""
-
-    checkpoint: object
-    reason: str
-    ok: bool = False
-
-    @property
-    def identity(self) -> dict:
-        return {"commit": None, "fingerprint": None}
-
-
 def _is_missing_revision_error(exc: BaseException, checkpoint) -> bool:
     try:
         from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RevisionNotFoundError
@@ -555,57 +352,6 @@ def _is_missing_revision_error(exc: BaseException, checkpoint) -> bool:
         return True
     # transformers wraps hub errors in OSError whose message names the revision.
     return isinstance(exc, OSError) and bool(checkpoint.revision) and str(checkpoint.revision) in str(exc)
-
-
-def iter_loaded(checkpoints: Iterable, device: str = "auto", dtype=None, skip_missing: bool = True,
-                progress: bool = False) -> Iterator[LoadedCheckpoint | SkippedCheckpoint]:
-    """Load checkpoints one at a time; a missing one is skipped by name and the sweep goes on.
-
-    Each model is released (:func:`triphase.checkpoints.release`) when the
-    consumer asks for the next one, so at most one is in memory.
-
-    Parameters
-    ----------
-    checkpoints : iterable of Checkpoint
-    device, dtype : see :func:`triphase.checkpoints.load_checkpoint`
-    skip_missing : bool
-        Yield a :class:`SkippedCheckpoint` for a missing branch (else raise).
-    progress : bool
-
-    Yields
-    ------
-    LoadedCheckpoint or SkippedCheckpoint
-
-    Examples
-    --------
-    >>> for item in iter_loaded(series.checkpoints):  # doctest: +SKIP
-    ...     if not item.ok:
-    ...         print("skipped", item.checkpoint.name, item.reason); continue
-    ...     features = word_hidden_states(item.model, item.tokenizer, words)
-    """
-    from .checkpoints import load_checkpoint, release
-    from .integrity import missing_reason
-
-    checkpoints = list(checkpoints)
-    if progress:
-        from ._progress import tqdm
-
-        checkpoints = tqdm(checkpoints, desc="checkpoints", unit="checkpoint")
-    for ckpt in checkpoints:
-        try:
-            ensure_available(ckpt)
-            model, tokenizer = load_checkpoint(ckpt, device=device, dtype=dtype)
-        except Exception as exc:  # noqa: BLE001 - classified below, re-raised unless a missing branch
-            reason = missing_reason(exc, ckpt) if skip_missing else None
-            if reason is None:
-                raise
-            yield SkippedCheckpoint(ckpt, reason)
-            continue
-        try:
-            yield LoadedCheckpoint(ckpt, model, tokenizer, checkpoint_identity(ckpt, model))
-        finally:
-            release(model)
-            del model, tokenizer
 
 
 # --------------------------------------------------------------------------- download
@@ -627,12 +373,10 @@ def snapshot_fetch(repo_id: str, revisions: Sequence[str], cache_dir=None, max_w
             f"`{fetch_command(repo_id, list(revisions))}` on a machine with internet, then copy "
             f"{repo_folder(repo_id, cache_dir).name}/ into {Path(cache_dir or hub_cache_dir())}."
         )
-    from huggingface_hub import snapshot_download
 
     cache = str(cache_dir or hub_cache_dir())
     out = {}
     if progress:
-        from ._progress import tqdm
 
         revisions = tqdm(list(revisions), desc=f"fetch {repo_id}", unit="revision")
     for rev in revisions:
@@ -648,38 +392,3 @@ def snapshot_fetch(repo_id: str, revisions: Sequence[str], cache_dir=None, max_w
                                             cache_dir=cache, max_workers=max_workers))
         out[rev] = folder
     return out
-
-
-def _identity_path(checkpoint) -> Path:
-    from ._home import cache_dir
-    from ._io import stable_hash
-
-    return cache_dir("identity") / checkpoint.series / f"{checkpoint.name}-{stable_hash(checkpoint.to_dict())}.json"
-
-
-def remember_identity(checkpoint, model) -> dict:
-    """Compute :func:`checkpoint_identity` of a loaded model and cache it on disk."""
-    from ._io import write_json
-
-    identity = checkpoint_identity(checkpoint, model)
-    write_json(identity, _identity_path(checkpoint))
-    return identity
-
-
-def identity_of(checkpoint, device: str = "auto", dtype=None) -> dict:
-    """Commit and fingerprint of a checkpoint: from the on-disk cache, else by loading it once.
-
-    Pipelines whose heavy results are cached (features, scores) call this so
-    every results table carries ``commit`` and ``fingerprint`` without
-    re-loading weights on every re-run.
-    """
-    path = _identity_path(checkpoint)
-    if path.exists():
-        return json.loads(path.read_text())
-    from .checkpoints import load_checkpoint, release
-
-    model, _ = load_checkpoint(checkpoint, device=device, dtype=dtype)
-    try:
-        return remember_identity(checkpoint, model)
-    finally:
-        release(model)

@@ -35,6 +35,10 @@ from pathlib import Path
 
 import yaml
 
+from triphase.datasets import list_datasets
+from triphase.models.series import list_series
+from triphase.runs.template import source_notebooks
+
 #: field -> (allowed python types, human description)
 SCHEMA = {
     "series": ((list, str), "a list of series names or inline series"),
@@ -94,7 +98,7 @@ def load_run_config(path_or_preset: str | Path | dict = "default") -> RunConfig:
     >>> load_run_config({"serie": ["organism"]})
     Traceback (most recent call last):
     ...
-    triphase.config.ConfigError: <dict>: unknown field 'serie'; allowed fields: series, checkpoints, dataset, subjects, dataset_options, notebooks, parameters, device, seed, output
+    triphase.runs.config.ConfigError: <dict>: unknown field 'serie'; allowed fields: series, checkpoints, dataset, subjects, dataset_options, notebooks, parameters, device, seed, output
     """
     if isinstance(path_or_preset, dict):
         values, source = dict(path_or_preset), "<dict>"
@@ -140,7 +144,6 @@ def _validate(values: dict, source: str) -> RunConfig:
 
 
 def _check_series(cfg: RunConfig) -> None:
-    from .series import list_series
 
     if not cfg.series:
         raise ConfigError(f"{cfg.source}: field 'series' is empty; presets: {', '.join(list_series())}")
@@ -172,7 +175,6 @@ def _check_checkpoints(cfg: RunConfig) -> None:
 
 
 def _check_dataset(cfg: RunConfig) -> None:
-    from .datasets import list_datasets
 
     if cfg.dataset not in list_datasets():
         raise ConfigError(f"{cfg.source}: field 'dataset': unknown dataset {cfg.dataset!r}; "
@@ -182,7 +184,6 @@ def _check_dataset(cfg: RunConfig) -> None:
 
 
 def _check_notebooks(cfg: RunConfig) -> None:
-    from .runner import source_notebooks
 
     available = source_notebooks()
     for name in cfg.notebooks:

@@ -25,7 +25,7 @@ Scores (:func:`score_voxels`, :func:`brain_scores`)
   voxel ratios explode where the ceiling is near 0, i.e. most of the brain),
   **not capped** (values above 1 mean the ceiling estimate is noisy).
   ``CC_max`` is the Schoppe et al. (2016) ceiling from the repeats, see
-  :func:`triphase.brainstats.noise_ceiling`. The raw score is always kept
+  :func:`triphase.brain.statistics.noise_ceiling`. The raw score is always kept
   beside the normalised one.
 
 Examples
@@ -52,8 +52,13 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+from himalaya.backend import get_backend, set_backend
+from himalaya.kernel_ridge import KernelRidgeCV
+from himalaya.ridge import RidgeCV
+from himalaya.scoring import correlation_score, r2_score
 
-from .brainstats import check_pair
+from triphase.brain.statistics import check_pair
+from triphase.brain.timeseries import check_rows
 
 #: Ridge penalties tried per voxel: 21 values log-spaced from 1e-2 to 1e8. The
 #: grid is wide because the best alpha scales with the number of samples and
@@ -86,7 +91,6 @@ def using_backend(name: str) -> Iterator[object]:
     himalaya keeps its backend in a global; restoring it keeps callers that
     rely on the default (numpy) unaffected.
     """
-    from himalaya.backend import get_backend, set_backend
 
     if name not in KNOWN_BACKENDS:
         raise ValueError(f"backend={name!r} is not a himalaya backend; expected one of {KNOWN_BACKENDS}")
@@ -207,7 +211,6 @@ class EncodingModel:
 
 
 def _training_matrices(X_by_story, Y_by_story, train_stories, dtype):
-    from .timeseries import check_rows
 
     missing = [s for s in train_stories if s not in X_by_story or s not in Y_by_story]
     if missing:
@@ -287,7 +290,6 @@ class LeaveStoriesOutRidgeCV:
         self.n_targets_batch = n_targets_batch
 
     def fit(self, X, Y):
-        from himalaya.backend import get_backend
 
         backend = get_backend()
         X = backend.asarray(X)
@@ -368,7 +370,6 @@ class LeaveStoriesOutRidgeCV:
         cheaper than an SVD of the tall ``X``, and float64 keeps the small
         eigenvalues accurate when ``X`` is float32.
         """
-        from himalaya.backend import get_backend
 
         backend = get_backend()
         X64 = backend.asarray(X, dtype="float64")
@@ -380,7 +381,6 @@ class LeaveStoriesOutRidgeCV:
 
     def _score(self, cross, pred_sum, pred_sq, y_sum, y_sq, n):
         """Validation score per (alpha, target) from sums, as himalaya's correlation_score / r2_score."""
-        from himalaya.backend import get_backend
 
         backend = get_backend()
         y_var = y_sq - y_sum**2 / n  # n * variance of the validation responses
@@ -397,7 +397,6 @@ class LeaveStoriesOutRidgeCV:
         return covariance / (denominator + ~valid) * valid
 
     def predict(self, X):
-        from himalaya.backend import get_backend
 
         backend = get_backend()
         prediction = backend.matmul(backend.asarray(X, dtype=self.coef_.dtype), self.coef_)
@@ -425,7 +424,7 @@ def fit_encoding_model(
     Parameters
     ----------
     X_by_story : dict story -> array (n_trs, n_features)
-        Final design per story (delayed, z-scored; see :func:`triphase.timeseries.stack_design`).
+        Final design per story (delayed, z-scored; see :func:`triphase.brain.timeseries.stack_design`).
     Y_by_story : dict story -> array (n_trs, n_voxels)
         Responses; rows must match ``X_by_story`` story by story.
     train_stories : sequence of str
@@ -463,9 +462,6 @@ def fit_encoding_model(
     predictions, alphas and CV scores are NaN and their number is kept on the
     model (``excluded_nan_``, ``excluded_constant_``).
     """
-    from himalaya.kernel_ridge import KernelRidgeCV
-    from himalaya.ridge import RidgeCV
-    from himalaya.scoring import correlation_score, r2_score
 
     train_stories = list(train_stories)
     score_funcs = {"correlation": correlation_score, "r2": r2_score}

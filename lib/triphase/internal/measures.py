@@ -33,6 +33,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy.special import entr
+from sklearn.model_selection import GroupKFold
+from sklearn.utils.extmath import randomized_svd
 
 #: Fraction of the largest ratios mu = r2 / r1 that TwoNN's linear fit discards
 #: (Facco et al. 2017 discard the 10% largest: their empirical CDF is noisy).
@@ -312,7 +315,6 @@ def attention_entropy(attention) -> np.ndarray:
         raise ValueError(f"attention must have at least 2 axes (queries x keys), got shape {a.shape}")
     if np.any(a < 0) or not np.allclose(a.sum(axis=-1), 1.0, atol=1e-3):
         raise ValueError("attention rows must be probability distributions (non-negative, summing to 1)")
-    from scipy.special import entr
 
     return entr(a).sum(axis=-1)
 
@@ -488,7 +490,6 @@ def repeat_losses(token_losses, length: int) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- probes
 def _group_folds(groups, n_splits: int):
-    from sklearn.model_selection import GroupKFold
 
     groups = np.asarray(groups)
     n_groups = np.unique(groups).size
@@ -564,7 +565,6 @@ def principal_components(x, n_components: int, seed: int = 0) -> np.ndarray:
     >>> principal_components(x, 3).shape, principal_components(x, 10).shape
     ((50, 3), (50, 8))
     """
-    from sklearn.utils.extmath import randomized_svd
 
     x = _as_points(x)
     centred = x - x.mean(axis=0)

@@ -11,9 +11,17 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Callable
 
+#: Environment values that switch a flag on (as huggingface_hub reads them).
+# --------------------------------------------------------------------------- presets table
+import pandas as pd
 import yaml
 
-from .checkpoints import Checkpoint
+from triphase.models.checkpoints import Checkpoint
+from triphase.models.hub import build_hub_checkpoints, expand_revisions, refs_cache_path
+from triphase.models.organism import RUN_FILE, _as_config, complete_steps, run_dir
+
+#: bump when the training procedure changes in a way that changes the weights
+
 
 PRESETS_FILE = "series.yaml"
 _STEP_IN_REVISION = re.compile(r"(\d+)$")
@@ -49,7 +57,6 @@ class CheckpointSeries:
 
     def table(self):
         """Checkpoints as a DataFrame (one row each)."""
-        import pandas as pd
 
         return pd.DataFrame([c.to_dict() for c in self.checkpoints])
 
@@ -70,14 +77,12 @@ def list_series() -> list[str]:
 
 
 def _organism_loader(name: str, spec: dict) -> CheckpointSeries:
-    from .organism import organism_series
 
     return organism_series(name, config=spec.get("config", "default"), description=spec.get("description", ""))
 
 
 def _hub_loader(name: str, spec: dict) -> CheckpointSeries:
     # Revision lists may be explicit, generated from a pattern or read online: see triphase.hub.
-    from .hub import build_hub_checkpoints
 
     checkpoints = build_hub_checkpoints(name, spec)
     return CheckpointSeries(name, "real", checkpoints, spec.get("description", ""), dict(spec))
@@ -123,3 +128,82 @@ def get_series(name_or_spec) -> CheckpointSeries:
     if loader not in LOADERS:
         raise ValueError(f"series {name!r}: unknown loader {loader!r}; allowed: {', '.join(LOADERS)}")
     return LOADERS[loader](name, spec)
+
+
+def _revision_count(name: str, spec: dict):
+    revisions = spec.get("revisions")
+    if isinstance(revisions, dict) and revisions.get("discover"):
+        path = refs_cache_path(spec["repo"])
+        if path.exists():
+            try:
+                return len(build_hub_checkpoints(name, spec))
+            except ValueError:
+                return 0
+        return "online"
+    return len(expand_revisions(name, revisions))
+
+
+def models_table():
+    """Every series preset: name, hub repo, number of checkpoints, tokens per step, status.
+
+    ``checkpoints`` is ``"online"`` for lists read with ``list_repo_refs`` and
+    not cached yet; ``revisions`` says whether the list is ``verified``
+    (published list/pattern checked against the model card), a ``pattern``
+    (generated, not checked against the hub) or ``online``.
+
+    Returns
+    -------
+    pandas.DataFrame
+    """
+
+
+    rows = []
+    for name, spec in load_presets().items():
+        if spec["loader"] != "hub":
+            rows.append({"name": name, "loader": spec["loader"], "repo": "(trained here)", "checkpoints": "local",
+                         "tokens_per_step": "", "params": "", "bf16_weights_gb": "", "revisions": "embedded",
+                         "languages": ""})
+            continue
+        params = spec.get("params")
+        tps = spec.get("tokens_per_step")
+        rows.append({
+            "name": name, "loader": "hub", "repo": spec["repo"], "checkpoints": _revision_count(name, spec),
+            "tokens_per_step": "unknown" if tps is None else int(tps),
+            "params": params if params is not None else "",
+            "bf16_weights_gb": round(bf16_weight_gb(params), 1) if params else "",
+            "revisions": spec.get("revisions_status", "unverified"),
+            "languages": ",".join(spec.get("languages", [])),
+        })
+    return pd.DataFrame(rows)
+
+
+def bf16_weight_gb(params: float) -> float:
+    """Memory for weights in bfloat16: 2 bytes per parameter (GB = 1e9 bytes)."""
+    return 2.0 * float(params) / 1e9
+
+
+def organism_series(name: str = "organism", config="default", description: str = ""):
+    """The checkpoint series of a trained organism run."""
+    cfg = _as_config(config)
+    path = run_dir(cfg)
+    steps = complete_steps(path)
+    if not (path / RUN_FILE).exists() or not steps:
+        preset = config if isinstance(config, str) else "<config>"
+        raise FileNotFoundError(
+            f"series {name!r}: the organism (config {preset!r}, hash {cfg.hash}) has not been trained under "
+            f"{path.parent}; run `triphase train --config {preset}` (or `make book`) first"
+        )
+    checkpoints = [
+        Checkpoint(name, f"step{s}", s, s * cfg.tokens_per_step, str(path / f"step{s}"), None, "embedded")
+        for s in steps
+    ]
+    return _series(name, checkpoints, description, cfg)
+
+
+def _series(name, checkpoints, description, cfg):
+
+    return CheckpointSeries(
+        name=name, tier="embedded", checkpoints=checkpoints, description=description,
+        info={"config_hash": cfg.hash, "tokens_per_step": cfg.tokens_per_step, "run_dir": str(run_dir(cfg)),
+              "config": cfg.to_dict()},
+    )

@@ -7,7 +7,6 @@ A checkpoint series (see :mod:`triphase.series`) is an ordered list of
 from __future__ import annotations
 
 import difflib
-import gc
 from dataclasses import asdict, dataclass
 from typing import Sequence
 
@@ -154,90 +153,3 @@ def _log_spaced(checkpoints: list[Checkpoint], n: int) -> list[Checkpoint]:
                 break
     chosen[0], chosen[-1] = 0, len(checkpoints) - 1
     return [checkpoints[i] for i in sorted(set(chosen))]
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; other values pass through."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def resolve_dtype(dtype, device: str):
-    """Default dtype: bfloat16 on GPU, float32 on CPU; strings like ``"bf16"`` accepted."""
-    import torch
-
-    aliases = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16"}
-    if dtype is None or dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if isinstance(dtype, str):
-        name = aliases.get(dtype, dtype)
-        if not hasattr(torch, name):
-            raise ValueError(f"dtype={dtype!r} is not a torch dtype (try 'float32', 'bfloat16', 'float16')")
-        return getattr(torch, name)
-    return dtype
-
-
-def load_checkpoint(checkpoint: Checkpoint, device: str = "auto", dtype=None, **kwargs):
-    """Load one checkpoint's causal LM and tokenizer, in eval mode.
-
-    Local folders and hub revisions go through the same
-    ``AutoModelForCausalLM.from_pretrained(source, revision=...)`` call; for hub
-    checkpoints ``HF_HOME``/``HF_HUB_OFFLINE`` are read at call time, and an
-    offline checkpoint missing from the cache raises
-    :class:`triphase.hub.CheckpointMissingError` naming the fetch command.
-
-    Returns
-    -------
-    model, tokenizer
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
-
-    from .hub import ensure_available, hub_load_kwargs
-
-    # one "Loading weights" bar per checkpoint would bury the notebooks' own progress bars
-    transformers_logging.disable_progress_bar()
-
-    ensure_available(checkpoint)
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    extra = hub_load_kwargs(checkpoint)
-    model = AutoModelForCausalLM.from_pretrained(checkpoint.source, dtype=torch_dtype, **extra, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint.source, **extra)
-    model.to(device).eval()
-    return model, tokenizer
-
-
-def release(model) -> None:
-    """Free a model's memory before the next checkpoint is loaded."""
-    import torch
-
-    del model
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-def greedy_continuations(checkpoints: Sequence[Checkpoint], prompt: str, max_new_tokens: int = 30,
-                         device: str = "auto") -> "pd.DataFrame":
-    """Greedy continuation of one prompt at each checkpoint (one model in memory at a time).
-
-    Returns a DataFrame with the join columns and ``prompt``, ``continuation``.
-    """
-    import pandas as pd
-    import torch
-
-    rows = []
-    for ckpt in checkpoints:
-        model, tokenizer = load_checkpoint(ckpt, device=device)
-        inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-        with torch.inference_mode():
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        text = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        rows.append({**ckpt.columns(), "prompt": prompt, "continuation": text})
-        release(model)
-    return pd.DataFrame(rows)

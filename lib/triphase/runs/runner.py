@@ -20,7 +20,6 @@ itself never executes notebooks (``execute_notebooks: off``).
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -29,8 +28,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._home import data_home
-from ._io import atomic_path, stable_hash
+import nbformat
+import papermill
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+from papermill.exceptions import PapermillExecutionError
+
+from triphase._home import data_home, results_dir
+from triphase._io import atomic_path, stable_hash
+from triphase.models.organism import train_organism
+from triphase.models.series import get_series, load_presets
+from triphase.runs.config import load_run_config
+from triphase.runs.template import book_root, notebook_parameters, source_notebooks
 
 KERNEL_NAME = "triphase"
 #: which loop a notebook runs in: once per series, per (series, subject), or once overall
@@ -57,41 +65,8 @@ class RunReport:
                 + ", ".join(parts))
 
 
-def book_root() -> Path:
-    """The repository root holding ``_toc.yml`` (``$TRIPHASE_BOOK_ROOT``, the
-    checkout this package was installed from, or the nearest parent of cwd)."""
-    env = os.environ.get("TRIPHASE_BOOK_ROOT")
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(__file__).resolve().parents[2])
-    cwd = Path.cwd().resolve()
-    candidates.extend([cwd, *cwd.parents])
-    for candidate in candidates:
-        if (candidate / "_toc.yml").exists() and (candidate / "notebooks").is_dir():
-            return candidate
-    raise FileNotFoundError("cannot find the book root (a folder with _toc.yml and notebooks/); "
-                            "run from the repository or set TRIPHASE_BOOK_ROOT")
-
-
-def source_notebooks(root: Path | None = None) -> list[str]:
-    """Stems of the source notebooks, in order (``00_organism``, ...)."""
-    root = root or book_root()
-    return sorted(p.stem for p in (root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-
-
-def notebook_parameters(name: str, root: Path | None = None) -> dict:
-    """The parameters a source notebook declares: ``{name: default as written}``."""
-    import papermill
-
-    path = (root or book_root()) / "notebooks" / f"{name}.ipynb"
-    declared = papermill.inspect_notebook(str(path))
-    if not declared:
-        raise ValueError(f"{path}: no cell tagged 'parameters'")
-    return {k: v.get("default") for k, v in declared.items()}
-
-
 def ensure_kernel() -> str:
     """Install (if needed) a kernelspec named ``triphase`` running this Python."""
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
     manager = KernelSpecManager()
     try:
@@ -110,7 +85,7 @@ def ensure_kernel() -> str:
 
 def _library_hash() -> str:
     digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
+    package = Path(__file__).resolve().parents[1]
     for path in sorted(package.rglob("*")):
         if path.suffix in (".py", ".yaml") and "__pycache__" not in path.parts:
             digest.update(path.relative_to(package).as_posix().encode())
@@ -134,9 +109,6 @@ def execute_notebook(name: str, parameters: dict, output: Path, force: bool = Fa
     NotebookFailed
         When a cell raises; the executed copy is kept under ``<data home>/failed/``.
     """
-    import nbformat
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
 
     root = root or book_root()
     source = root / "notebooks" / f"{name}.ipynb"
@@ -241,7 +213,6 @@ def _retitle(notebook, suffix: str) -> None:
 
 
 def _series_inputs(series_spec) -> dict:
-    from .series import get_series
 
     series = get_series(series_spec)
     return {"series": series.name, "checkpoints": [c.name for c in series.checkpoints],
@@ -250,12 +221,10 @@ def _series_inputs(series_spec) -> dict:
 
 def prepare_series(series_spec, progress: bool = True) -> None:
     """Make a series usable: train an organism series that is not trained yet."""
-    from .series import load_presets
 
     if isinstance(series_spec, str):
         spec = load_presets().get(series_spec, {})
         if spec.get("loader") == "organism":
-            from .organism import train_organism
 
             train_organism(spec.get("config", "default"), progress=progress)
 
@@ -274,7 +243,6 @@ def run(config="default", force=(), build: bool = True, root: Path | None = None
     build : bool
         Build the book afterwards.
     """
-    from .config import load_run_config
 
     root = root or book_root()
     cfg = load_run_config(config)
@@ -308,7 +276,6 @@ def run(config="default", force=(), build: bool = True, root: Path | None = None
 
 
 def _jobs(cfg, scope: str) -> list[dict]:
-    from ._home import results_dir
 
     common = {"checkpoints": cfg.checkpoints, "device": cfg.device, "seed": cfg.seed,
               "dataset": cfg.dataset, "dataset_options": cfg.dataset_options}

@@ -59,7 +59,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ._taskitem import TaskItem
+from triphase._taskitem import TaskItem
 
 TRAIN_STREAM = "train"
 HELDOUT_STREAM = "heldout"

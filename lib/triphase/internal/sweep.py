@@ -59,17 +59,28 @@ Examples
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
+import torch
+from transformers import AutoConfig
+from wordfreq import zipf_frequency
 
-from . import internal
-from ._home import cache_dir, results_dir
-from ._io import atomic_path, stable_hash, write_parquet
-from .integrity import SweepLog, attach_identity, checkpoint_flags, write_flags
+from triphase._home import cache_dir, results_dir
+from triphase._io import atomic_path, stable_hash, write_parquet
+from triphase._progress import tqdm
+from triphase.datasets import get_dataset
+from triphase.internal import measures as internal
+from triphase.models.checkpoints import select_checkpoints
+from triphase.models.features import model_config_hash, plan_windows, resolve_context, tokenize_words
+from triphase.models.hub import ensure_available, hub_load_kwargs
+from triphase.models.integrity import SweepLog, attach_identity, checkpoint_flags, remember_identity, write_flags
+from triphase.models.loading import load_checkpoint, release
+from triphase.models.series import CheckpointSeries, get_series
+from triphase.models.storyworld import stimulus_stories
 
 #: Bump when any measure's computation changes (keys the per-checkpoint cache).
 INTERNAL_RESULTS_VERSION = 1
@@ -195,7 +206,6 @@ def sentence_positions(words: Sequence[str]) -> np.ndarray:
 
 def word_frequencies(forms: Sequence[str], language: str = "en") -> np.ndarray:
     """Zipf frequency (wordfreq) of each word form, looked up once per distinct form."""
-    from wordfreq import zipf_frequency
 
     table = {form: zipf_frequency(form, language) for form in set(forms)}
     return np.array([table[f] for f in forms], dtype=np.float64)
@@ -210,7 +220,6 @@ def heldout_text(n_stories: int = DEFAULT_N_STORIES, seed: int = 0, language: st
     >>> sorted(text.labels)
     ['depth', 'frequency', 'pos', 'position']
     """
-    from .storyworld import stimulus_stories
 
     if n_stories < 1:
         raise ValueError(f"n_stories must be >= 1, got {n_stories}")
@@ -296,7 +305,7 @@ def text_pass(model, tokenizer, text: TextSet, context: int, layers: Sequence[in
         A causal LM (eval mode) and its fast tokenizer.
     text : TextSet
     context : int
-        Window length ``C`` (stride ``C // 2``, as :func:`triphase.features.plan_windows`).
+        Window length ``C`` (stride ``C // 2``, as :func:`triphase.models.features.plan_windows`).
     layers : list of int or None
         Hidden-state indices to keep (None = all).
     batch_size : int
@@ -315,9 +324,7 @@ def text_pass(model, tokenizer, text: TextSet, context: int, layers: Sequence[in
     token in the same window, so each target is scored exactly once. The
     entropy of block ``b`` head ``h`` is the mean over served query rows.
     """
-    import torch
 
-    from .features import plan_windows, tokenize_words
 
     if attention:
         use_eager_attention(model)
@@ -331,7 +338,6 @@ def text_pass(model, tokenizer, text: TextSet, context: int, layers: Sequence[in
     word_offset = 0
     iterator = list(zip(text.stories, text.words))
     if progress:
-        from ._progress import tqdm
 
         iterator = tqdm(iterator, desc=f"{text.name} stories", leave=False)
     with torch.inference_mode():
@@ -414,9 +420,8 @@ def induction_pass(model, tokens: np.ndarray, batch_size: int = 16) -> Induction
     ----------
     model : causal LM
     tokens : int array (n_sequences, 2 * length)
-        From :func:`induction_tokens` / :func:`triphase.internal.repeated_random_tokens`.
+        From :func:`induction_tokens` / :func:`triphase.internal.measures.repeated_random_tokens`.
     """
-    import torch
 
     use_eager_attention(model)
     tokens = np.asarray(tokens, dtype=np.int64)
@@ -529,7 +534,6 @@ def checkpoint_measures(model, tokenizer, ckpt, text: TextSet, other: TextSet | 
     labels = {name: values[keep] for name, values in text.labels.items()}
     iterator = list(enumerate(layer_index))
     if progress:
-        from ._progress import tqdm
 
         iterator = tqdm(iterator, desc="layer measures", leave=False)
     for i, layer in iterator:
@@ -549,7 +553,6 @@ def checkpoint_measures(model, tokenizer, ckpt, text: TextSet, other: TextSet | 
 
 # --------------------------------------------------------------------------- cache
 def _cache_paths(ckpt, settings: dict) -> tuple:
-    from .features import model_config_hash
 
     key = stable_hash({"version": INTERNAL_RESULTS_VERSION, "checkpoint": ckpt.to_dict(),
                        "model_config": model_config_hash(ckpt),
@@ -565,8 +568,6 @@ def cached_checkpoint(ckpt, text: TextSet, other: TextSet | None, settings: dict
 
     The model is loaded (eager attention) only on a cache miss and released after.
     """
-    from .checkpoints import load_checkpoint, release
-    from .hub import remember_identity
 
     rows_path, states_path = _cache_paths(ckpt, settings)
     if rows_path.exists() and states_path.exists():
@@ -636,7 +637,7 @@ def internal_states(
     ----------
     series : str or CheckpointSeries
     checkpoints : "all", int or list
-        See :func:`triphase.checkpoints.select_checkpoints`. CKA to the final
+        See :func:`triphase.models.checkpoints.select_checkpoints`. CKA to the final
         checkpoint always uses the series' last checkpoint (computed even when
         not chosen); "previous" is the previous *chosen* checkpoint.
     dataset : str, Dataset or None
@@ -667,7 +668,7 @@ def internal_states(
     seed : int
         Stories, subsample, random sequences and label shuffles.
     device, dtype
-        Passed to :func:`triphase.checkpoints.load_checkpoint`.
+        Passed to :func:`triphase.models.loading.load_checkpoint`.
     batch_size : int
         Windows (or sequences) per forward pass.
     dataset_options : dict, optional
@@ -686,9 +687,6 @@ def internal_states(
         measures, ``head = -1`` for measures that are not per head.
         ``attrs["seconds"]`` holds the wall time.
     """
-    from .checkpoints import select_checkpoints
-    from .features import resolve_context
-    from .series import CheckpointSeries, get_series
 
     started = time.perf_counter()
     series_obj = series if isinstance(series, CheckpointSeries) else get_series(series)
@@ -703,7 +701,6 @@ def internal_states(
     data = None
     if dataset is not None:
         if isinstance(dataset, str):
-            from .datasets import get_dataset
 
             data = get_dataset(dataset, **dict(dataset_options or {}))
         else:
@@ -721,9 +718,7 @@ def internal_states(
     if missing and progress:
         print(f"probes {missing} need gold labels the {text.name!r} text does not have; skipped")
 
-    from transformers import AutoConfig
 
-    from .hub import ensure_available, hub_load_kwargs
 
     ensure_available(final)  # the final checkpoint is the reference of every CKA: it cannot be skipped
     config = AutoConfig.from_pretrained(final.source, **hub_load_kwargs(final))
@@ -747,7 +742,6 @@ def internal_states(
 
     todo = list(chosen) + ([final] if final.name not in {c.name for c in chosen} else [])
     if progress:
-        from ._progress import tqdm
 
         todo_iter = tqdm(todo, desc=f"internal states {series_obj.name}")
     else:
@@ -786,113 +780,3 @@ def load_internal(series: str, dataset: str = "simulated", subject: str = "sim01
         raise FileNotFoundError(f"{path} not found: run internal_states({series!r}, dataset={dataset!r}, "
                                 f"subject={subject!r}) first")
     return pd.read_parquet(path)
-
-
-# --------------------------------------------------------------------------- plots
-def _tier(table: pd.DataFrame) -> str:
-    tiers = sorted(set(table["tier"]))
-    return tiers[0] if len(tiers) == 1 else "real"
-
-
-def plot_measures(table: pd.DataFrame, measures: Sequence[str], col_wrap: int = 3, height: float = 2.6,
-                  controls: bool = True):
-    """Each measure against tokens seen (log x; step0 at the left edge), one line per layer.
-
-    With ``controls``, a measure's shuffled-label control (``<measure>_shuffled``,
-    averaged over layers) is drawn in the same panel as a grey dashed line.
-    Returns the seaborn ``FacetGrid``; the title says the tier.
-    """
-    import seaborn as sns
-
-    from .plotting import tier_label
-    from .plotting_brain import log_positions
-
-    rows = table[table["measure"].isin(measures) & (table["head"] == NO_HEAD)].copy()
-    if rows.empty:
-        raise ValueError(f"none of the measures {list(measures)} is in the table")
-    rows["tokens seen"] = log_positions(rows["tokens_seen"].to_numpy())
-    hue_order = ["model" if v == NO_LAYER else f"layer {v}" for v in sorted(rows["layer"].unique())]
-    rows["layer"] = rows["layer"].map(lambda v: "model" if v == NO_LAYER else f"layer {v}")
-    order = [m for m in measures if m in set(rows["measure"])]
-    grid = sns.relplot(data=rows, x="tokens seen", y="value", hue="layer", hue_order=hue_order, col="measure",
-                       col_order=order,
-                       kind="line", marker="o", markersize=4, col_wrap=min(col_wrap, len(order)), height=height,
-                       aspect=1.3, facet_kws={"sharey": False}, palette="viridis")
-    grid.set(xscale="log")
-    grid.set_titles("{col_name}")
-    if controls:
-        for measure, ax in grid.axes_dict.items():
-            control = table[(table["measure"] == f"{measure}_shuffled") & (table["head"] == NO_HEAD)]
-            if control.empty:
-                continue
-            mean = control.groupby("tokens_seen", as_index=False)["value"].mean()
-            ax.plot(log_positions(mean["tokens_seen"].to_numpy()), mean["value"], ls="--", color="0.5", lw=1,
-                    label="shuffled labels")
-            ax.legend(frameon=False, fontsize=7, loc="best")
-    grid.figure.suptitle(tier_label(_tier(table)), y=1.02, fontsize=10)
-    return grid
-
-
-def plot_induction_heatmap(table: pd.DataFrame, measure: str = "induction_score", ax=None):
-    """Heatmap of a per-head measure: checkpoints (rows, training order) x layer/head (columns)."""
-    import matplotlib.pyplot as plt
-
-    from .plotting import tier_label
-
-    rows = table[(table["measure"] == measure) & (table["head"] != NO_HEAD)]
-    if rows.empty:
-        raise ValueError(f"no per-head rows of {measure!r} in the table")
-    grid = rows.pivot_table(index=["step", "checkpoint"], columns=["layer", "head"], values="value").sort_index()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.0 + 0.45 * grid.shape[1], 0.9 + 0.28 * grid.shape[0]))
-    image = ax.imshow(grid.to_numpy(), aspect="auto", cmap="magma", interpolation="nearest")
-    ax.set_yticks(range(grid.shape[0]), [c for _, c in grid.index], fontsize=7)
-    ax.set_xticks(range(grid.shape[1]), [f"L{layer}H{head}" for layer, head in grid.columns], fontsize=7, rotation=90)
-    ax.set_xlabel("layer / head")
-    ax.set_ylabel("checkpoint")
-    ax.figure.colorbar(image, ax=ax, label=measure)
-    ax.set_title(f"{measure} per head\n{tier_label(_tier(table))}", fontsize=10)
-    return ax
-
-
-def plot_with_brain_score(table: pd.DataFrame, brain_best: pd.DataFrame, measures: Sequence[str], axes=None,
-                          layer_summary: str = "mean"):
-    """Internal measures (summarised over layers) with the whole-brain brain score on a twin axis.
-
-    Parameters
-    ----------
-    table : DataFrame
-        ``internal.parquet``.
-    brain_best : DataFrame
-        Best layer per checkpoint (:func:`triphase.brain.best_layers`), columns
-        ``checkpoint``, ``tokens_seen``, ``score_mean``.
-    measures : list of str
-    layer_summary : {"mean", "max"}
-        How per-layer measures are summarised per checkpoint.
-    """
-    import matplotlib.pyplot as plt
-
-    from .plotting import tier_label
-    from .plotting_brain import log_positions
-
-    if axes is None:
-        _, axes = plt.subplots(1, len(measures), figsize=(3.8 * len(measures), 3.2), squeeze=False)
-        axes = axes[0]
-    brain = brain_best.sort_values("tokens_seen")
-    for ax, measure in zip(axes, measures):
-        rows = table[(table["measure"] == measure) & (table["head"] == NO_HEAD)]
-        summary = rows.groupby(["step", "tokens_seen"], as_index=False)["value"].agg(layer_summary)
-        x = log_positions(summary["tokens_seen"].to_numpy())
-        ax.plot(x, summary["value"], "o-", ms=3, color="C0", label=measure)
-        ax.set_xscale("log")
-        ax.set_xlabel("tokens seen")
-        ax.set_ylabel(f"{measure} ({layer_summary} over layers)" if (rows["layer"] != NO_LAYER).any() else measure,
-                      color="C0", fontsize=8)
-        twin = ax.twinx()
-        tokens = np.concatenate([summary["tokens_seen"].to_numpy(), brain["tokens_seen"].to_numpy()])
-        xb = log_positions(tokens)[len(summary):]
-        twin.plot(xb, brain["score_mean"], "s--", ms=3, color="C3", label="brain score")
-        twin.set_ylabel("whole-brain mean r (best layer)", color="C3", fontsize=8)
-    axes[0].figure.suptitle(f"Internal measures and brain score - {tier_label(_tier(table))}", fontsize=10)
-    axes[0].figure.tight_layout()
-    return axes

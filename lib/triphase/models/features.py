@@ -45,9 +45,13 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+import torch
+from transformers import AutoConfig
 
-from ._home import cache_dir
-from ._io import atomic_path, stable_hash
+from triphase._home import cache_dir
+from triphase._io import atomic_path, stable_hash
+from triphase._progress import tqdm
+from triphase.models.hub import ensure_available, hub_load_kwargs
 
 #: Default left context in tokens (Huth-lab style feature extraction uses a few
 #: hundred tokens; capped by the model's maximum position embeddings).
@@ -241,7 +245,6 @@ def word_hidden_states(
     -------
     array (n_selected_layers, n_words, hidden_size), float32
     """
-    import torch
 
     context = resolve_context(model, context)
     ids, last_token = tokenize_words(tokenizer, words, join)
@@ -259,7 +262,6 @@ def word_hidden_states(
             by_length.setdefault(w.stop - w.start, []).append(k)
     batches = [(length, ks[i:i + batch_size]) for length, ks in by_length.items() for i in range(0, len(ks), batch_size)]
     if progress:
-        from ._progress import tqdm
 
         batches = tqdm(batches, desc="feature windows", leave=False)
     with torch.inference_mode():
@@ -290,9 +292,7 @@ def tokens_processed(n_tokens: int, context: int) -> int:
 # --------------------------------------------------------------------------- cache
 def model_config_hash(checkpoint) -> str:
     """Hash of a checkpoint's model configuration, read without loading weights."""
-    from transformers import AutoConfig
 
-    from .hub import ensure_available, hub_load_kwargs
 
     ensure_available(checkpoint)  # offline and not cached: CheckpointMissingError naming the fetch command
     config = AutoConfig.from_pretrained(checkpoint.source, **hub_load_kwargs(checkpoint)).to_dict()
@@ -338,7 +338,7 @@ def cached_story_features(
 
     Parameters
     ----------
-    checkpoint : triphase.checkpoints.Checkpoint
+    checkpoint : triphase.models.checkpoints.Checkpoint
     dataset_name, story : str
         Part of the cache key.
     words : sequence of str

@@ -39,14 +39,28 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from transformers import AutoConfig
 
-from ._home import cache_dir, results_dir
-from ._io import atomic_dir, atomic_path, stable_hash, write_parquet
-from .brainstats import DEFAULT_BLOCK, block_permutation_test, bootstrap_score_ci, fdr_bh, noise_ceiling
-from .encoding import ALL_REGIONS, DEFAULT_ALPHAS, DEFAULT_N_SPLITS, brain_scores, fit_encoding_model, score_voxels
-from .features import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT, cached_story_features, model_config_hash
-from .integrity import SweepLog, attach_identity, checkpoint_flags, write_flags
-from .timeseries import DEFAULT_DELAYS, check_rows, make_delayed, story_design
+from triphase._home import cache_dir, results_dir
+from triphase._io import atomic_dir, atomic_path, stable_hash, write_parquet
+from triphase._progress import tqdm
+from triphase.brain.encoding import (
+    ALL_REGIONS,
+    DEFAULT_ALPHAS,
+    DEFAULT_N_SPLITS,
+    brain_scores,
+    fit_encoding_model,
+    score_voxels,
+)
+from triphase.brain.statistics import DEFAULT_BLOCK, block_permutation_test, bootstrap_score_ci, fdr_bh, noise_ceiling
+from triphase.brain.timeseries import DEFAULT_DELAYS, check_rows, make_delayed, story_design
+from triphase.datasets import get_dataset
+from triphase.models.checkpoints import select_checkpoints
+from triphase.models.features import DEFAULT_BATCH_SIZE, DEFAULT_CONTEXT, cached_story_features, model_config_hash
+from triphase.models.hub import ensure_available, hub_load_kwargs
+from triphase.models.integrity import SweepLog, attach_identity, checkpoint_flags, remember_identity, write_flags
+from triphase.models.loading import load_checkpoint, release, resolve_device
+from triphase.models.series import get_series
 
 #: Bump when the scores' computation changes (keys the per-checkpoint cache).
 BRAIN_RESULTS_VERSION = 2
@@ -231,9 +245,7 @@ def control_design(kind: str, data: BrainData, model_design: dict[str, np.ndarra
 
 # --------------------------------------------------------------------------- per checkpoint
 def _resolve_context(checkpoint, context: int | None) -> int:
-    from transformers import AutoConfig
 
-    from .hub import ensure_available, hub_load_kwargs
 
     ensure_available(checkpoint)
     config = AutoConfig.from_pretrained(checkpoint.source, **hub_load_kwargs(checkpoint))
@@ -254,9 +266,7 @@ class _LazyModel:
 
     def __call__(self):
         if self.loaded is None:
-            from .checkpoints import load_checkpoint
 
-            from .hub import remember_identity
 
             self.loaded = load_checkpoint(self.checkpoint, device=self.device, dtype=self.dtype)
             remember_identity(self.checkpoint, self.loaded[0])
@@ -264,7 +274,6 @@ class _LazyModel:
 
     def release(self):
         if self.loaded is not None:
-            from .checkpoints import release
 
             model, _ = self.loaded
             self.loaded = None
@@ -374,7 +383,7 @@ def brain_alignment(
     series : str or CheckpointSeries
         A series name (``"organism"``, ``"pythia-160m"``, ...) or object.
     checkpoints : "all", int or list
-        See :func:`triphase.checkpoints.select_checkpoints`.
+        See :func:`triphase.models.checkpoints.select_checkpoints`.
     dataset : str or Dataset
         ``"simulated"``, ``"lebel2023"``, ... or an adapter instance.
     subject : str
@@ -412,11 +421,7 @@ def brain_alignment(
         score_ceiling_normalised, ci_low, ci_high, frac_significant,
         n_voxels, n_excluded, alpha_median, and more (see the methods page).
     """
-    from ._progress import tqdm
 
-    from .checkpoints import resolve_device, select_checkpoints
-    from .datasets import get_dataset
-    from .series import get_series
 
     unknown = [c for c in controls if c not in CONTROLS]
     if unknown:

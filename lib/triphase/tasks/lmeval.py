@@ -23,12 +23,12 @@ Two pitfalls handled here:
 
 :func:`write_lmeval_task` turns task items into an lm-eval task (YAML over a
 local JSON-lines file) so lm-eval can score the embedded suite; the test suite
-checks that its accuracy equals :func:`triphase.tasks.evaluate_items`'s
+checks that its accuracy equals :func:`triphase.tasks.scoring.evaluate_items`'s
 ``mc_accuracy`` on the same items.
 
 Examples
 --------
->>> from triphase.series import get_series
+>>> from triphase.models.series import get_series
 >>> ser = get_series({"name": "pythia-160m", "repo": "EleutherAI/pythia-160m",
 ...                   "revisions": ["step1000", "step143000"], "tokens_per_step": 2097152})
 >>> df = lmeval_sweep(ser.checkpoints, ["arc_easy", "ifeval"], device="cuda")  # doctest: +SKIP
@@ -36,14 +36,26 @@ Examples
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Sequence
 
 import pandas as pd
+import torch
+from scipy.stats import norm
 
-from ._taskitem import TaskItem
+from triphase._home import cache_dir
+from triphase._io import atomic_path, stable_hash, write_parquet
+from triphase._progress import tqdm
+from triphase._taskitem import TaskItem
+from triphase.models.hub import ensure_available, is_hub_checkpoint, resolve_commit
+from triphase.models.integrity import SweepLog
+from triphase.models.loading import resolve_device
+from triphase.tasks.items import mc_options
+from triphase.tasks.scoring import CONFIDENCE, wilson_interval
 
 #: Our metric names for lm-eval's (others keep lm-eval's name).
 METRIC_NAMES = {
@@ -117,7 +129,6 @@ def model_identity(checkpoint) -> dict:
     RuntimeError
         For a hub checkpoint whose commit cannot be resolved (offline and not cached).
     """
-    from .hub import is_hub_checkpoint, resolve_commit
 
     if is_hub_checkpoint(checkpoint):
         commit = resolve_commit(checkpoint.source, checkpoint.revision)
@@ -132,7 +143,6 @@ def model_identity(checkpoint) -> dict:
 
 def task_config_hash(task: str, task_manager) -> str:
     """Hash of the files that define an lm-eval task (its YAML folder: includes, utils.py)."""
-    from ._io import stable_hash
 
     entry = task_manager.task_index.get(task)
     if entry is None:
@@ -148,7 +158,6 @@ def lmeval_cache_key(identity: dict, tasks: Sequence[str], task_manager, setting
     """Cache key of one lm-eval run: model identity, task configs, lm-eval version, settings."""
     import lm_eval
 
-    from ._io import stable_hash
 
     return stable_hash({
         "version": LMEVAL_RESULTS_VERSION, "lm_eval": lm_eval.__version__, "model": identity,
@@ -163,7 +172,7 @@ def write_lmeval_task(items: Sequence[TaskItem], prompts: Sequence[str], folder,
     Parameters
     ----------
     items : sequence of TaskItem
-        Items whose multiple choice is defined (:func:`triphase.tasks.mc_options`).
+        Items whose multiple choice is defined (:func:`triphase.tasks.items.mc_options`).
     prompts : sequence of str
         The prompt of each item (few-shot examples included; lm-eval adds none).
     folder : path
@@ -179,11 +188,7 @@ def write_lmeval_task(items: Sequence[TaskItem], prompts: Sequence[str], folder,
     --------
     >>> yaml_path = write_lmeval_task(items, prompts, "/tmp/lmeval_tasks")  # doctest: +SKIP
     """
-    import json
-    from importlib import resources
 
-    from ._io import atomic_path
-    from .tasks import mc_options
 
     if len(items) != len(prompts):
         raise ValueError(f"got {len(items)} items but {len(prompts)} prompts")
@@ -227,9 +232,7 @@ def results_rows(results: dict) -> list[dict]:
     Binary metrics get a Wilson interval from the logged per-item outcomes; others
     a normal interval from lm-eval's standard error where it has one.
     """
-    from scipy.stats import norm
 
-    from .tasks import CONFIDENCE, wilson_interval
 
     z = float(norm.ppf(0.5 + CONFIDENCE / 2))
     rows = []
@@ -295,13 +298,8 @@ def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dt
     DataFrame with the join columns and task, few_shot, metric, value, ci_low, ci_high, n_items.
     """
     import lm_eval
-    import torch
     from lm_eval.tasks import TaskManager
 
-    from ._home import cache_dir
-    from ._io import write_parquet
-    from .checkpoints import resolve_device
-    from .hub import ensure_available
 
     tasks = list(tasks)
     check_nltk_data(tasks)
@@ -345,15 +343,13 @@ def lmeval_sweep(checkpoints, tasks: Sequence[str], device: str = "auto", dtype=
     """:func:`lmeval_checkpoint` over checkpoints (and few-shot counts); NLTK checked first.
 
     A checkpoint whose branch is missing is skipped by name (recorded in ``log``,
-    a :class:`triphase.integrity.SweepLog`, when given) and the sweep goes on.
+    a :class:`triphase.models.integrity.SweepLog`, when given) and the sweep goes on.
 
     Returns
     -------
     DataFrame: one row per checkpoint x task x few_shot x metric.
     """
-    from ._progress import tqdm
 
-    from .integrity import SweepLog
 
     log = log if log is not None else SweepLog("lm-eval")
     checkpoints = list(checkpoints)

@@ -25,11 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-from ._home import cache_dir
-from ._io import atomic_dir, atomic_path, stable_hash, write_json, write_parquet
-from .checkpoints import Checkpoint, pythia_steps
+from triphase._home import cache_dir
+from triphase._io import atomic_dir, stable_hash, write_json, write_parquet
+from triphase._progress import tqdm
+from triphase.models import storyworld
+from triphase.models.checkpoints import pythia_steps
 
 #: bump when the training procedure changes in a way that changes the weights
 TRAINING_FORMAT_VERSION = 1
@@ -129,7 +134,7 @@ class OrganismConfig:
 
 
 def _corpus_generator_hash() -> str:
-    source = resources.files("triphase").joinpath("storyworld.py").read_bytes()
+    source = resources.files("triphase").joinpath("models", "storyworld.py").read_bytes()
     return hashlib.sha256(source).hexdigest()[:16]
 
 
@@ -155,8 +160,6 @@ def run_dir(config) -> Path:
 
 # --------------------------------------------------------------------------- data
 def _build_tokenizer(documents: list[str], vocab_size: int):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -192,7 +195,6 @@ def prepare_corpus(config, progress: bool = True) -> Path:
     pass over ``max_steps`` batches), ``data/heldout_tokens.npy`` and
     ``data/corpus.json`` (sizes, unigram entropy) under the run folder.
     """
-    from . import storyworld
 
     cfg = _as_config(config)
     data = run_dir(cfg) / "data"
@@ -244,7 +246,6 @@ def prepare_corpus(config, progress: bool = True) -> Path:
 
 # --------------------------------------------------------------------------- training
 def _progress(**kwargs):
-    from ._progress import tqdm
 
     return tqdm(**kwargs)
 
@@ -262,7 +263,6 @@ def _lr_lambda(cfg: OrganismConfig):
 
 
 def _batch(tokens: np.ndarray, order: np.ndarray, step: int, cfg: OrganismConfig):
-    import torch
 
     n_seq = len(order)
     idx = order[(step * cfg.batch_size + np.arange(cfg.batch_size)) % n_seq]
@@ -272,7 +272,6 @@ def _batch(tokens: np.ndarray, order: np.ndarray, step: int, cfg: OrganismConfig
 
 
 def _heldout_loss(model, heldout: np.ndarray, cfg: OrganismConfig) -> float:
-    import torch
 
     x = torch.from_numpy(heldout.astype(np.int64).reshape(cfg.heldout_sequences, cfg.context_length))
     model.eval()
@@ -283,8 +282,6 @@ def _heldout_loss(model, heldout: np.ndarray, cfg: OrganismConfig) -> float:
 
 
 def _new_model(cfg: OrganismConfig, tokenizer):
-    import torch
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     eos = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     model_config = GPTNeoXConfig(
@@ -343,8 +340,6 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     >>> sorted(p.name for p in path.glob("step*"))[:3]  # doctest: +SKIP
     ['step0', 'step1', 'step16']
     """
-    import torch
-    from transformers import PreTrainedTokenizerFast
 
     cfg = _as_config(config)
     path = run_dir(cfg)
@@ -371,7 +366,6 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     if done:
         start = done[-1]
         state = torch.load(path / f"step{start}" / TRAINER_STATE_FILE, weights_only=False)
-        from transformers import GPTNeoXForCausalLM
 
         model = GPTNeoXForCausalLM.from_pretrained(path / f"step{start}", dtype=torch.float32)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas,
@@ -457,31 +451,3 @@ def run_info(config="default") -> dict:
     info = json.loads(path.read_text())
     info["corpus"] = json.loads((path.parent / "data" / "corpus.json").read_text()) if (path.parent / "data" / "corpus.json").exists() else {}
     return info
-
-
-def organism_series(name: str = "organism", config="default", description: str = ""):
-    """The checkpoint series of a trained organism run."""
-    cfg = _as_config(config)
-    path = run_dir(cfg)
-    steps = complete_steps(path)
-    if not (path / RUN_FILE).exists() or not steps:
-        preset = config if isinstance(config, str) else "<config>"
-        raise FileNotFoundError(
-            f"series {name!r}: the organism (config {preset!r}, hash {cfg.hash}) has not been trained under "
-            f"{path.parent}; run `triphase train --config {preset}` (or `make book`) first"
-        )
-    checkpoints = [
-        Checkpoint(name, f"step{s}", s, s * cfg.tokens_per_step, str(path / f"step{s}"), None, "embedded")
-        for s in steps
-    ]
-    return _series(name, checkpoints, description, cfg)
-
-
-def _series(name, checkpoints, description, cfg):
-    from .series import CheckpointSeries
-
-    return CheckpointSeries(
-        name=name, tier="embedded", checkpoints=checkpoints, description=description,
-        info={"config_hash": cfg.hash, "tokens_per_step": cfg.tokens_per_step, "run_dir": str(run_dir(cfg)),
-              "config": cfg.to_dict()},
-    )

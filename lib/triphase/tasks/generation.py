@@ -14,9 +14,13 @@ Two ways of asking a causal language model a task question:
 """
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import numpy as np
+import torch
+
+from triphase._progress import tqdm
 
 #: lm-evaluation-harness's separator between a prompt and a scored option.
 TARGET_DELIMITER = " "
@@ -126,8 +130,6 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     --------
     >>> answers = greedy_generate(model, tokenizer, ["Is the cat black? Answer:"])  # doctest: +SKIP
     """
-    import torch
-    from ._progress import tqdm
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -171,7 +173,6 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
 
 def _cache_argument(model) -> str:
     """Name of the key-value cache argument: ``cache`` (transformers >= 5.x) or ``past_key_values``."""
-    import inspect
 
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -179,7 +180,6 @@ def _cache_argument(model) -> str:
 
 def _greedy_batch(model, tokenizer, input_ids, attention, max_new_tokens, stop, eos_id):
     """Greedy loop with a key-value cache; positions count real tokens only (left padding)."""
-    import torch
 
     batch = input_ids.shape[0]
     new_tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -268,8 +268,6 @@ def option_loglikelihoods(model, tokenizer, contexts: Sequence[str], options: Se
     >>> ll = option_loglikelihoods(model, tok, ["Q? Answer:"], [["yes", "no"]])  # doctest: +SKIP
     >>> int(np.argmax(ll[0]))  # doctest: +SKIP
     """
-    import torch
-    from ._progress import tqdm
 
     if len(contexts) != len(options):
         raise ValueError(f"got {len(contexts)} contexts but {len(options)} option lists")

@@ -15,35 +15,22 @@ Examples
 """
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from nilearn.masking import unmask
+from nilearn.plotting import plot_glass_brain
 
-from .brain import MODEL_FEATURES, best_layers
-from .encoding import ALL_REGIONS
-from .plotting import tier_label
+from triphase.brain.encoding import ALL_REGIONS
+from triphase.brain.sweep import MODEL_FEATURES, best_layers
+from triphase.plotting import log_positions, tier_label
 
-#: Where step0 (zero tokens) is drawn on a log axis: this fraction of the first positive tokens_seen.
-STEP0_POSITION = 0.5
 CONTROL_MARKERS = {"shuffled-stories": "s", "random": "D", "random-words": "^"}
 
 
 def _tier(table: pd.DataFrame) -> str:
     tiers = sorted(set(table["tier"])) if "tier" in table else ["embedded"]
     return tiers[0] if len(tiers) == 1 else "real"
-
-
-def log_positions(tokens: np.ndarray) -> np.ndarray:
-    """x positions on a log axis: step0 (0 tokens) at half the first positive value.
-
-    Examples
-    --------
-    >>> log_positions(np.array([0, 100, 1000])).tolist()
-    [50.0, 100.0, 1000.0]
-    """
-    tokens = np.asarray(tokens, dtype=float)
-    positive = tokens[tokens > 0]
-    floor = positive.min() * STEP0_POSITION if positive.size else 1.0
-    return np.where(tokens > 0, tokens, floor)
 
 
 def plot_brain_score(table: pd.DataFrame, region: str = ALL_REGIONS, score: str = "score_mean",
@@ -66,7 +53,6 @@ def plot_brain_score(table: pd.DataFrame, region: str = ALL_REGIONS, score: str 
     controls : bool
         Draw the control rows (final checkpoint) as markers right of the curve.
     """
-    import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
@@ -113,7 +99,6 @@ def plot_brain_score(table: pd.DataFrame, region: str = ALL_REGIONS, score: str 
 def plot_layer_heatmap(table: pd.DataFrame, score: str = "score_mean", region: str = ALL_REGIONS, ax=None,
                        cmap: str = "viridis"):
     """Layer x checkpoint map of a score (model features, one region)."""
-    import matplotlib.pyplot as plt
 
     rows = table[(table["region"] == region) & (table["features"] == MODEL_FEATURES)]
     grid = rows.pivot_table(index="layer", columns="step", values=score, aggfunc="mean").sort_index(ascending=False)
@@ -140,9 +125,6 @@ def plot_glass_brain_maps(maps: dict[str, np.ndarray], mask_img, tier: str = "em
     mask's 3-D grid and :func:`nilearn.plotting.plot_glass_brain`
     (``plot_abs=False``: negative r shown in blue). NaN r (excluded voxels) are drawn as 0.
     """
-    import matplotlib.pyplot as plt
-    from nilearn.masking import unmask
-    from nilearn.plotting import plot_glass_brain
 
     if mask_img is None:
         raise ValueError("this dataset has no voxel space (mask image): glass-brain maps need one")
@@ -162,7 +144,6 @@ def plot_glass_brain_maps(maps: dict[str, np.ndarray], mask_img, tier: str = "em
 def plot_ceiling_vs_truth(estimated: np.ndarray, true: np.ndarray, regions: np.ndarray | None = None,
                           quantity: str = "explainable variance", ax=None, tier: str = "embedded"):
     """Estimated (from repeats) against true per-voxel explainable variance (simulated participant)."""
-    import matplotlib.pyplot as plt
 
     estimated, true = np.asarray(estimated, float), np.asarray(true, float)
     if estimated.shape != true.shape:

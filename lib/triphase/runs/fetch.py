@@ -22,7 +22,10 @@ import subprocess
 from pathlib import Path
 from typing import Sequence
 
-from .datasets.lebel2023 import DATASET_ID, default_root
+from triphase.datasets.lebel2023 import DATASET_ID, default_root
+from triphase.models.checkpoints import select_checkpoints
+from triphase.models.hub import is_offline, snapshot_fetch
+from triphase.models.series import get_series
 
 #: Where the DataLad mirror of OpenNeuro datasets lives.
 DATALAD_URL = f"https://github.com/OpenNeuroDatasets/{DATASET_ID}.git"
@@ -36,7 +39,7 @@ def fetch_model(series, checkpoints="all", cache_dir=None, progress: bool = True
     series : str or dict
         A preset name (``triphase models``) or an inline series spec.
     checkpoints : "all", int, list of str, or list of one str
-        As in :func:`triphase.checkpoints.select_checkpoints`. From the command
+        As in :func:`triphase.models.checkpoints.select_checkpoints`. From the command
         line ``--checkpoints 20`` (one integer-like string) means 20 log-spaced.
     cache_dir : str, optional
         Hub cache folder (default: ``$HF_HUB_CACHE`` or ``$HF_HOME/hub``).
@@ -46,9 +49,6 @@ def fetch_model(series, checkpoints="all", cache_dir=None, progress: bool = True
     -------
     dict revision -> snapshot folder
     """
-    from .checkpoints import select_checkpoints
-    from .hub import snapshot_fetch
-    from .series import get_series
 
     ser = get_series(series)
     if ser.tier != "real":
@@ -119,7 +119,6 @@ def fetch_lebel2023(subjects: Sequence[str] = ("UTS03",), stories: Sequence[str]
     Path
         The dataset root (pass it as ``dataset_options: {root: ...}``).
     """
-    from .hub import is_offline
 
     subjects = list(subjects or ["UTS03"])
     stories = list(stories) if stories else None

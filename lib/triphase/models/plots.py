@@ -1,0 +1,35 @@
+"""Plots of the model organism's training.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+from triphase.plotting import tier_label
+
+
+def plot_training_curve(log, unigram_entropy: float | None = None, ax=None, tier: str = "embedded"):
+    """Train and held-out loss against tokens seen (log x).
+
+    Parameters
+    ----------
+    log : DataFrame
+        Columns ``tokens_seen``, ``train_loss``, ``heldout_loss`` (see
+        :func:`triphase.models.organism.training_log`).
+    unigram_entropy : float, optional
+        Drawn as a horizontal reference (nats/token).
+    """
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 4))
+    seen = log[log["tokens_seen"] > 0]
+    ax.plot(seen["tokens_seen"], seen["train_loss"], lw=0.8, alpha=0.6, label="train loss (batch)")
+    held = seen.dropna(subset=["heldout_loss"])
+    ax.plot(held["tokens_seen"], held["heldout_loss"], "o-", ms=4, label="held-out loss (checkpoints)")
+    if unigram_entropy is not None:
+        ax.axhline(unigram_entropy, color="0.3", ls="--", lw=1, label=f"unigram entropy ({unigram_entropy:.2f})")
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.set_title(f"Training curve ({tier_label(tier)})", fontsize=10)
+    ax.legend(frameon=False)
+    return ax

@@ -1,0 +1,7 @@
+"""Phases: piecewise-linear fits of training curves, their inference and the boundaries of every perspective.
+
+:mod:`~triphase.phases.piecewise` (fits, BIC) -> :mod:`~triphase.phases.inference` (bootstrap,
+monotone null, ``detect_phases``) -> :mod:`~triphase.phases.boundaries` (each perspective's boundaries)
+-> :mod:`~triphase.phases.table` (the alignment table); :mod:`~triphase.phases.text` and
+:mod:`~triphase.phases.plots` present them.
+"""
