@@ -1,49 +1,63 @@
-"""The book builds, and a real headless Chromium shows its pages with their figures."""
+"""The book builds from an installed wheel outside the checkout, and a real headless Chromium shows its pages."""
 import functools
 import http.server
+import os
 import shutil
 import threading
 from pathlib import Path
 
 import pytest
+import yaml
 
-from triphase.runs.runner import run
 from conftest import REPO_ROOT
-from test_runner import BOOK_DIRS, BOOK_FILES
+from installed import installed_wheel
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 
-@pytest.fixture(scope="module")
-def built_book(tiny_organism, tmp_path_factory):
-    """The whole book built once for this module from a copy of the sources."""
-    import os
+#: every chapter, on the tiny organism x the tiny participant, with small statistics settings
+SMALL_RUN = {"series": ["organism-tiny"], "checkpoints": 4, "device": "cpu",
+             "dataset_options": {"preset": "tiny"},
+             "parameters": {"00_organism": {"max_new_tokens": 5, "n_sample_checkpoints": 2},
+                            "01_brain_alignment": {"n_perm": 100, "n_boot": 100, "layers": [0, 2]},
+                            "02_internal_states": {"n_stories": 3, "token_budget": 512, "probe_splits": 3,
+                                                   "induction_sequences": 4},
+                            "03_downstream_tasks": {"n_items": 8, "few_shot": [0]},
+                            "04_phases": {"n_boot": 20, "n_null": 19}}}
 
-    book_copy = tmp_path_factory.mktemp("bookroot")
-    for name in BOOK_FILES:
-        shutil.copy(REPO_ROOT / name, book_copy / name)
-    for name in BOOK_DIRS:
-        shutil.copytree(REPO_ROOT / name, book_copy / name, ignore=shutil.ignore_patterns("executed", "_build"))
-    # every chapter, on the tiny organism x the tiny participant, with small statistics settings
-    config = {"series": ["organism-tiny"], "checkpoints": 4, "device": "cpu",
-              "dataset_options": {"preset": "tiny"},
-              "parameters": {"00_organism": {"max_new_tokens": 5, "n_sample_checkpoints": 2},
-                             "01_brain_alignment": {"n_perm": 100, "n_boot": 100, "layers": [0, 2]},
-                             "02_internal_states": {"n_stories": 3, "token_budget": 512, "probe_splits": 3,
-                                                    "induction_sequences": 4},
-                             "03_downstream_tasks": {"n_items": 8, "few_shot": [0]},
-                             "04_phases": {"n_boot": 20, "n_null": 19}}}
-    previous = os.environ.get("TRIPHASE_BOOK_ROOT")
-    os.environ["TRIPHASE_BOOK_ROOT"] = str(book_copy)
-    try:
-        run(config, root=book_copy, build=True, progress=False)
-    finally:
-        if previous is None:
-            os.environ.pop("TRIPHASE_BOOK_ROOT", None)
-        else:
-            os.environ["TRIPHASE_BOOK_ROOT"] = previous
-    return book_copy / "_build" / "html"
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A wheel of this checkout installed into a fresh virtual environment outside it."""
+    return installed_wheel(tmp_path_factory.mktemp("wheel_install"))
+
+
+@pytest.fixture(scope="module")
+def built_book(installed, tiny_organism, tmp_path_factory):
+    """The whole book as a user of the wheel makes it: `triphase init`, `triphase run`, outside the checkout."""
+    folder = tmp_path_factory.mktemp("outside") / "my-book"
+    env = {k: v for k, v in os.environ.items() if k != "TRIPHASE_BOOK_ROOT"}
+    made = installed.run("init", folder, cwd=folder.parent, env=env)
+    assert made.returncode == 0, made.stderr
+    (folder / "small.yaml").write_text(yaml.safe_dump(SMALL_RUN))
+    result = installed.run("--quiet", "run", "small.yaml", cwd=folder, env=env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return folder / "_build" / "html"
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_template_and_init_refuses_to_overwrite(installed, tmp_path):
+    template = installed.package / "_template"
+    for name in ("_config.yml", "_toc.yml", "notebooks/04_phases.ipynb", "book/intro.md", "book/references.bib"):
+        assert (template / name).is_file(), name
+    assert not (template / "book" / "executed").exists()
+    first = installed.run("init", tmp_path / "b", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert (tmp_path / "b" / "run.yaml").is_file()
+    again = installed.run("init", tmp_path / "b", cwd=tmp_path)
+    assert again.returncode == 2 and "already holds a book" in again.stderr
+    assert "Traceback" not in again.stderr
 
 
 EXECUTED_PAGES = ("organism-tiny/00_organism.html",
