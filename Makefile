@@ -1,9 +1,19 @@
 # Single entry point. `make book` builds the book on the embedded default on a
 # fresh machine (virtual environment, install, organism training, notebooks,
 # book); `make test` runs the tests.
+#
+# Environment: the active virtual environment ($VIRTUAL_ENV) or conda environment ($CONDA_PREFIX, not
+# the base env) when one is active; otherwise .venv here, created on first use (as CI does: .ci/run ->
+# make test on a fresh machine). `make VENV=path` picks another one.
 PYTHON ?= python3
-VENV ?= .venv
+ifneq ($(VIRTUAL_ENV),)
+ACTIVE_ENV := $(VIRTUAL_ENV)
+else ifneq ($(and $(CONDA_PREFIX),$(filter-out base,$(CONDA_DEFAULT_ENV))),)
+ACTIVE_ENV := $(CONDA_PREFIX)
+endif
+VENV ?= $(if $(ACTIVE_ENV),$(ACTIVE_ENV),.venv)
 PY := $(VENV)/bin/python
+# Installed only when the environment has no torch yet (conda users: install pytorch from conda first).
 # CPU build found locally on the project's machines; on a GPU machine install the
 # torch build that fits it first (or set TORCH_SPEC=torch).
 TORCH_SPEC ?= torch==2.13.0
@@ -25,7 +35,8 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	@echo "environment: $(VENV)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[test,real]"
 	touch $(STAMP)
 

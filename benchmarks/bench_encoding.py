@@ -15,7 +15,8 @@ test story: (a) model-selected predictions of each (they use different CV
 schemes, so alphas may differ), (b) at equal alphas: scikit-learn ``Ridge``
 (float64) with the per-voxel alphas chosen here vs our predictions. It also prints the
 achieved rate of the dominant matrix products as a share of this machine's
-float32 matmul peak (``/work/shared/tools/machine_peak.py``) when available.
+float32 matmul peak (``<repository>/../shared/tools/machine_peak.py``, the shared
+machine-peak tool next to the checkout) when available.
 
 Usage::
 
@@ -38,7 +39,8 @@ import numpy as np
 from triphase.brain.encoding import DEFAULT_ALPHAS, DEFAULT_N_SPLITS, fit_encoding_model, score_voxels
 from triphase.brain.timeseries import make_delayed, zscore
 
-MACHINE_PEAK_SCRIPT = Path("/work/shared/tools/machine_peak.py")
+#: the shared machine-peak tool, looked up next to the repository (not at a machine path)
+MACHINE_PEAK_SCRIPT = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "machine_peak.py"
 N_DELAYS = 4
 
 
@@ -70,6 +72,7 @@ def simulate_layers(n_layers, n_stories, n_trs, n_test_trs, n_features, n_voxels
 
 def machine_peak():
     if not MACHINE_PEAK_SCRIPT.exists():
+        print(f"(machine peak figure skipped: no {MACHINE_PEAK_SCRIPT})")
         return None
     try:
         out = subprocess.run(

@@ -39,3 +39,95 @@ def test_yaml_file_and_missing_file(tmp_path):
     path.write_text("- just a list\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_run_config(path)
+
+
+# --------------------------------------------------------------------------- run files
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("series: [organism-tiny]\ncheckpoints: all\nparameters:\n  00_organism: {max_new_tokens: 5\n")
+    with pytest.raises(ConfigError) as err:
+        load_run_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: line ") and "invalid YAML" in message and "\n" not in message
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# nothing but\n# comments\n"])
+def test_empty_or_comment_only_run_file_is_an_error(tmp_path, text):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=r"run\.yaml: the run file is empty"):
+        load_run_config(path)
+
+
+# --------------------------------------------------------------------------- notebook parameters
+@pytest.mark.parametrize(
+    "parameters, message",
+    [
+        ({"01_brain_alignment": {"n_perm": "many"}},
+         r"parameters\.01_brain_alignment'.*notebook 01_brain_alignment, parameter 'n_perm' must be int, got str 'many'"),
+        ({"02_internal_states": {"text_source": ["heldout"]}},
+         r"parameter 'text_source' must be str, got list \['heldout'\]"),
+        ({"01_brain_alignment": {"n_perm": 2.5}}, r"'n_perm' must be int, got float 2\.5"),
+        ({"01_brain_alignment": {"n_perm": True}}, r"'n_perm' must be int, got bool True"),
+        ({"01_brain_alignment": {"n_perm": None}}, r"'n_perm' must be int, got None None"),
+        ({"04_phases": {"threshold_following": "half"}}, r"'threshold_following' must be float, got str"),
+        ({"01_brain_alignment": {"controls": "random"}}, r"'controls' must be list, got str"),
+        ({"01_brain_alignment": {"checkpoints": 2.5}}, r"'checkpoints' must be str or int or list, got float"),
+        ({"01_brain_alignment": {"n_prem": 10}}, r"notebook 01_brain_alignment has no parameter 'n_prem'; valid: .*n_perm"),
+        ({"all": {"prompt": "x"}}, r"parameters\.all'.*notebook 01_brain_alignment has no parameter 'prompt'"),
+    ],
+)
+def test_parameter_names_and_types_are_checked_at_load(parameters, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        load_run_config({"parameters": parameters})
+    assert str(err.value).startswith("<dict>: ")
+
+
+def test_parameter_types_accept_what_the_notebooks_allow(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "parameters:\n"
+        "  01_brain_alignment: {n_perm: 10, layers: [1, 2], context: null, alphas: [1.0, 10.0]}\n"
+        "  02_internal_states: {probe_components: null, context: 64}\n"  # the comment documents None
+        "  04_phases: {threshold_following: 1, layer: 3, few_shot: 2}\n"  # int for float; 'or a hidden-state index'
+        "  all: {seed: 3, device: cpu}\n"
+    )
+    cfg = load_run_config(path)
+    assert cfg.notebook_parameters("04_phases") == {"seed": 3, "device": "cpu", "threshold_following": 1,
+                                                    "layer": 3, "few_shot": 2}
+
+
+@pytest.mark.parametrize(
+    "annotation, accepted, rejected",
+    [
+        ("int", [1], ["1", 1.5, None, True]),
+        ("float", [1, 1.5], ["x", None]),
+        ("Optional[int]", [1, None], ["x"]),
+        ("int | None", [1, None], [1.5]),
+        ("typing.Union[str, int]", ["a", 3], [[1]]),
+        ("list[str]", [["a"]], ["a"]),
+        ("dict", [{}], [[]]),
+        ("bool", [True], [1]),
+        ("Any", [1, "a", None], []),
+    ],
+)
+def test_annotated_parameter_types(annotation, accepted, rejected):
+    from triphase.runs.config import _has_type, _parameter_types
+
+    types = _parameter_types("x", {"inferred_type_name": annotation, "default": "None", "help": ""})
+    assert all(_has_type(v, types) for v in accepted)
+    assert not any(_has_type(v, types) for v in rejected)
+
+
+def test_unannotated_types_come_from_default_and_comment():
+    from triphase.runs.config import NoneType, _parameter_types
+
+    def types(default, help_text=""):
+        return _parameter_types("x", {"inferred_type_name": "None", "default": default, "help": help_text})
+
+    assert types("1000") == (int,)
+    assert types("0.5") == (int, float)
+    assert types('"best"', "or a hidden-state index") == (str, int)
+    assert types("256", "(None: all dimensions)") == (int, NoneType)
+    assert types("None") is None and types("np.inf") is None
+    assert types("[0, 2]") == (list,)

@@ -3,10 +3,17 @@ import shutil
 
 import nbformat
 import pytest
-
-from triphase.runs.runner import NotebookFailed, collapse_progress_output, execute_notebook, run
-from triphase.runs.template import notebook_parameters
 from conftest import REPO_ROOT
+
+from triphase.runs.runner import (
+    NotebookFailed,
+    SweepProgress,
+    collapse_progress_output,
+    execute_notebook,
+    fold_injected_parameters,
+    run,
+)
+from triphase.runs.template import notebook_parameters
 
 BOOK_FILES = ("_config.yml", "_toc.yml")
 BOOK_DIRS = ("book", "notebooks")
@@ -46,22 +53,36 @@ def test_unknown_parameter_is_an_error_listing_valid_names(book_copy):
 
 
 @pytest.mark.slow
-def test_run_executes_once_then_reuses_and_force_reruns(tiny_organism, book_copy):
+def test_run_executes_once_then_reuses_and_force_reruns(tiny_organism, book_copy, caplog, capfd):
     config = {"series": ["organism-tiny"], "checkpoints": ["step0", "step20", "step60"],
-              "notebooks": ["00_organism"], "device": "cpu",
+              "notebooks": ["00_organism"], "device": "cpu", "dataset_options": {"preset": "tiny"},
               "parameters": {"00_organism": {"max_new_tokens": 5, "n_sample_checkpoints": 2}}}
-    report = run(config, root=book_copy, build=False, progress=False)
+    with caplog.at_level("INFO", logger="triphase"):
+        report = run(config, root=book_copy, build=False, progress=False)
     assert report.executed == ["organism-tiny/00_organism"]
+    assert "running over TCP" not in capfd.readouterr().err  # the kernel talks over local sockets
+    assert any(r.getMessage().startswith("[1/1] 00_organism (organism-tiny) ... ") and r.getMessage().endswith(" s")
+               for r in caplog.records), caplog.text
     out = book_copy / "book" / "executed" / "organism-tiny" / "00_organism.ipynb"
     nb = nbformat.read(out, as_version=4)
+    # one parameters cell showing the values that ran; papermill's injected cell is folded into it
+    tags = [c.metadata.get("tags", []) for c in nb.cells]
+    assert sum("parameters" in t for t in tags) == 1 and not any("injected-parameters" in t for t in tags)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert "max_new_tokens = 5" in params.source and "n_sample_checkpoints = 2" in params.source
+    assert 'checkpoints = ["step0", "step20", "step60"]' in params.source
+    assert params.source.startswith("# values set by this run (papermill): ")
     # the list parameter arrived as a list, not a string
     assert nb.metadata["triphase"]["parameters"]["checkpoints"] == ["step0", "step20", "step60"]
     text = "".join(o.get("text", "") for o in _outputs(nb))
     assert "9 checkpoints, 3 chosen" in text
     assert any("image/png" in o.get("data", {}) for o in _outputs(nb)), "training curve figure missing"
     assert nb.cells[0].source.startswith("# The model organism (organism-tiny)")
-    again = run(config, root=book_copy, build=False, progress=False)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="triphase"):
+        again = run(config, root=book_copy, build=False, progress=False)
     assert again.executed == [] and again.skipped == ["organism-tiny/00_organism"]
+    assert "[1/1] 00_organism (organism-tiny) reused (inputs unchanged)" in caplog.text
     forced = run(config, root=book_copy, build=False, progress=False, force=["00_organism"])
     assert forced.executed == ["organism-tiny/00_organism"]
 
@@ -97,3 +118,60 @@ def test_progress_redraws_collapse_to_the_final_state_in_order():
     got = [(o.output_type, o.get("name"), o.get("text")) for o in nb.cells[0].outputs]
     assert got == [("stream", "stderr", "load: 100%\n"), ("stream", "stdout", "loaded 3 files\n"),
                    ("stream", "stderr", "fit 2/2\n"), ("display_data", None, None), ("stream", "stdout", "b\nc\n")]
+
+
+def _parameters_notebook(source, injected):
+    return nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Title"),
+        nbformat.v4.new_code_cell(source, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell(injected, metadata={"tags": ["injected-parameters"]}),
+        nbformat.v4.new_code_cell("print(series)"),
+    ])
+
+
+def test_injected_parameters_fold_into_the_parameters_cell():
+    source = ("# Parameters (papermill overrides these)\n"
+              'series = "organism"          # checkpoint series preset name\n'
+              "layers = None                # hidden-state indices, None for all\n"
+              'controls = ["shuffled-stories",\n            "random"]   # scored for the final checkpoint\n'
+              "n_perm: int = 1000           # block permutations per fit\n"
+              "seed = 0                     # seed\n")
+    injected = ('# Parameters\nseries = "organism-tiny"\nlayers = [1, 2]\ncontrols = ["random"]\n'
+                "n_perm = 20\n")
+    nb = _parameters_notebook(source, injected)
+    fold_injected_parameters(nb)
+    assert [c.metadata.get("tags", []) for c in nb.cells if c.cell_type == "code"] == [["parameters"], []]
+    assert nb.cells[1].source == (
+        "# values set by this run (papermill): series, layers, controls, n_perm\n"
+        "# Parameters (papermill overrides these)\n"
+        'series = "organism-tiny"     # checkpoint series preset name\n'
+        "layers = [1, 2]              # hidden-state indices, None for all\n"
+        'controls = ["random"]   # scored for the final checkpoint\n'
+        "n_perm: int = 20             # block permutations per fit\n"
+        "seed = 0                     # seed\n")
+    # the folded cell runs to the same values as the two cells did
+    ran, folded = {}, {}
+    exec(source + injected, ran)
+    exec(nb.cells[1].source, folded)
+    assert {k: ran[k] for k in ("series", "layers", "controls", "n_perm", "seed")} == \
+        {k: folded[k] for k in ("series", "layers", "controls", "n_perm", "seed")}
+
+
+def test_fold_leaves_notebooks_without_an_injected_cell_alone():
+    nb = _parameters_notebook("x = 1\n", "x = 2\n")
+    nb.cells[2].metadata["tags"] = []
+    before = nbformat.writes(nb)
+    fold_injected_parameters(nb)
+    assert nbformat.writes(nb) == before
+
+
+def test_sweep_progress_names_the_checkpoint_once_per_change():
+    seen = []
+    progress = SweepProgress(seen.append)
+    progress.write("\rdownstream tasks:   0%|          | 0/2 [00:00<?, ?checkpoint/s]")
+    progress.write("\rstories:  50%|#####     | 4/8 [00:01<00:01, 4.0it/s]")
+    progress.write("\rdownstream tasks:  50%|#####     | 1/2 [00:03<00:03, 3.0s/checkpoint]\n")
+    progress.write("\rcheckpoints: 100%|##########| 2/2 [00:03<00:00, 1.5s/checkpoint]\n")
+    progress.write("plain text\n")
+    assert seen == ["downstream tasks: checkpoint 1/2", "downstream tasks: checkpoint 2/2",
+                    "checkpoints: checkpoint 2/2"]

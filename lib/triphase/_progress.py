@@ -9,12 +9,15 @@ notebooks (see :func:`triphase.runs.runner.collapse_progress_output`).
 """
 from __future__ import annotations
 
+import importlib
 import warnings
 
 from tqdm import TqdmWarning
-from tqdm.auto import tqdm
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", TqdmWarning)
+    # tqdm.auto warns when it is imported: import it inside the filter (an import statement here would be
+    # hoisted to the top by the import sorter, out of the filter, as happened once)
+    tqdm = importlib.import_module("tqdm.auto").tqdm
 
 __all__ = ["tqdm"]

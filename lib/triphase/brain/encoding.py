@@ -1,7 +1,7 @@
 """Voxelwise encoding models (himalaya ridge) and brain scores.
 
 An encoding model predicts every voxel's response from the TR-level design
-matrix (delayed, z-scored features, see :mod:`triphase.timeseries`) with ridge
+matrix (delayed, z-scored features, see :mod:`triphase.brain.timeseries`) with ridge
 regression. For each voxel the ridge penalty ``alpha`` is chosen by
 cross-validation that leaves whole stories out (rows of one story are
 autocorrelated, so random row splits would leak), then the model is refit on

@@ -2,14 +2,14 @@
 
 :func:`brain_alignment` runs the whole pipeline for one (series, dataset,
 subject): for each checkpoint (loaded one at a time, released before the next)
-it extracts word features of every story (:mod:`triphase.features`, cached),
-builds the TR-level design per layer (:mod:`triphase.timeseries`: Lanczos
+it extracts word features of every story (:mod:`triphase.models.features`, cached),
+builds the TR-level design per layer (:mod:`triphase.brain.timeseries`: Lanczos
 downsampling, trimming, z-scoring, FIR delays), fits a voxelwise ridge model
-with leave-stories-out cross-validation (:mod:`triphase.encoding`), predicts
+with leave-stories-out cross-validation (:mod:`triphase.brain.encoding`), predicts
 the held-out test story and scores it (Pearson r per voxel; whole-brain,
 top-10% and per-region means; noise-ceiling normalisation), with a
 block-permutation test, Benjamini-Hochberg FDR and a block-bootstrap CI
-(:mod:`triphase.brainstats`). For the final checkpoint it also scores controls:
+(:mod:`triphase.brain.statistics`). For the final checkpoint it also scores controls:
 
 * ``shuffled-stories``: each story gets the TR-level design of another story
   (cyclic shift of the story list, tiled/cropped to the right length), i.e.

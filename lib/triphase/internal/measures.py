@@ -3,7 +3,7 @@
 Every function here takes NumPy arrays (representations, attention patterns,
 token ids, labels) and returns numbers; nothing loads a model. The pipeline that
 runs the forward passes and tabulates these measures per checkpoint and layer is
-:mod:`triphase.internal_states`; the formulas and citations are on the methods
+:mod:`triphase.internal.sweep`; the formulas and citations are on the methods
 page (``book/methods_internal.md``).
 
 * Geometry of representations ``X`` (n points x d dims):

@@ -8,7 +8,7 @@ module runs the forward passes and tabulates them.
 Texts
 -----
 * **analysis text** (``text_source``): ``"heldout"`` = ``n_stories`` story-world
-  stories from the held-out stream (:func:`triphase.storyworld.stimulus_stories`
+  stories from the held-out stream (:func:`triphase.models.storyworld.stimulus_stories`
   with seed ``seed + INTERNAL_STORY_SEED_OFFSET``, so neither training text nor
   the simulated participant's stimuli), which carry gold part-of-speech and
   syntactic-depth labels; or ``"stimulus"`` = the dataset's stories (any text;
@@ -20,7 +20,7 @@ Forward passes
 --------------
 One pass per window serves everything: the analysis text is cut into the same
 overlapping windows as the brain-alignment features
-(:func:`triphase.features.plan_windows`: context ``C``, stride ``C / 2``) and
+(:func:`triphase.models.features.plan_windows`: context ``C``, stride ``C / 2``) and
 each window's single forward pass (``output_hidden_states`` and
 ``output_attentions``, eager attention) gives the next-token loss of the tokens
 it serves, every layer's hidden state at the last token of each word it serves,

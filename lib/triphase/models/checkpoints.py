@@ -1,6 +1,6 @@
 """Checkpoints: one model state along a training run, and how to choose them.
 
-A checkpoint series (see :mod:`triphase.series`) is an ordered list of
+A checkpoint series (see :mod:`triphase.models.series`) is an ordered list of
 :class:`Checkpoint`; every result table carries ``checkpoint``, ``step`` and
 ``tokens_seen`` so perspectives can be joined.
 """

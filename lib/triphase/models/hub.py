@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from huggingface_hub import HfApi, list_repo_refs, snapshot_download
+from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RevisionNotFoundError
 
 from triphase._home import cache_dir
 from triphase._io import write_json
@@ -258,7 +259,7 @@ def list_branches(repo_id: str, refresh: bool = False) -> list[str]:
     if is_offline():
         raise FileNotFoundError(
             f"the revision list of {repo_id} is not known offline (no {path}). Run "
-            f"`python -c \"import triphase.hub as h; h.list_branches('{repo_id}')\"` once with internet "
+            f"`python -c \"import triphase.models.hub as h; h.list_branches('{repo_id}')\"` once with internet "
             f"(it is cached to {path}), or give the revisions explicitly in the run YAML "
             f"(series: [{{name: ..., repo: {repo_id}, revisions: [...], tokens_per_step: ...}}])."
         )
@@ -344,10 +345,6 @@ def build_hub_checkpoints(name: str, spec: dict):
 
 
 def _is_missing_revision_error(exc: BaseException, checkpoint) -> bool:
-    try:
-        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, RevisionNotFoundError
-    except ImportError:  # pragma: no cover - older huggingface_hub
-        from huggingface_hub.utils import EntryNotFoundError, LocalEntryNotFoundError, RevisionNotFoundError
     if isinstance(exc, (CheckpointMissingError, RevisionNotFoundError, EntryNotFoundError, LocalEntryNotFoundError)):
         return True
     # transformers wraps hub errors in OSError whose message names the revision.

@@ -2,7 +2,7 @@
 
 The embedded tier needs a real learning trajectory without internet. This module
 trains a ``transformers`` GPTNeoX model (Pythia's architecture) on the story-world
-corpus (:mod:`triphase.storyworld`) with a byte-level BPE tokenizer trained on the
+corpus (:mod:`triphase.models.storyworld`) with a byte-level BPE tokenizer trained on the
 same corpus, and saves checkpoints on Pythia's schedule (step0, 1, 2, 4, ...,
 then evenly spaced) in Hugging Face format under
 ``<data home>/organism/<config hash>/step{N}``.
@@ -19,6 +19,7 @@ import json
 import math
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -27,8 +28,10 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers.utils import logging as transformers_logging
 
 from triphase._home import cache_dir
 from triphase._io import atomic_dir, stable_hash, write_json, write_parquet
@@ -250,6 +253,23 @@ def _progress(**kwargs):
     return tqdm(**kwargs)
 
 
+@contextmanager
+def _quiet_save():
+    """Silence the "Writing model shards" bar ``save_pretrained`` draws for every checkpoint.
+
+    The switch is global (transformers and huggingface_hub), so both states are restored afterwards.
+    """
+    transformers_on = transformers_logging.is_progress_bar_enabled()
+    hub_off = are_progress_bars_disabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if transformers_on:
+            transformers_logging.enable_progress_bar()
+        (disable_progress_bars if hub_off else enable_progress_bars)()
+
+
 def _lr_lambda(cfg: OrganismConfig):
     def factor(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -382,7 +402,7 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
         heldout_loss = _heldout_loss(model, heldout, cfg)
         log_rows.append({"step": step, "tokens_seen": step * cfg.tokens_per_step,
                          "train_loss": train_loss, "heldout_loss": heldout_loss, "checkpoint": True})
-        with atomic_dir(path / f"step{step}") as tmp:
+        with atomic_dir(path / f"step{step}") as tmp, _quiet_save():
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
             torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),

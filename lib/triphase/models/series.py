@@ -82,7 +82,7 @@ def _organism_loader(name: str, spec: dict) -> CheckpointSeries:
 
 
 def _hub_loader(name: str, spec: dict) -> CheckpointSeries:
-    # Revision lists may be explicit, generated from a pattern or read online: see triphase.hub.
+    # Revision lists may be explicit, generated from a pattern or read online: see triphase.models.hub.
 
     checkpoints = build_hub_checkpoints(name, spec)
     return CheckpointSeries(name, "real", checkpoints, spec.get("description", ""), dict(spec))

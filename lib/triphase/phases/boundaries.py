@@ -335,7 +335,7 @@ def brain_phases(brain_df: pd.DataFrame, score: str = "score_mean", region: str 
         ``"ci"``: replicate curves drawn independently per checkpoint from a
         normal with the sd implied by the 95% bootstrap CI,
         ``(ci_high - ci_low) / (2 * 1.96)`` (the block bootstrap over test
-        blocks of :mod:`triphase.brainstats`); ``"residual"``: the residual
+        blocks of :mod:`triphase.brain.statistics`); ``"residual"``: the residual
         bootstrap of the fit.
     x : array-like, optional
         Positions of the curve's checkpoints (default: :func:`log_tokens` of them).

@@ -26,18 +26,32 @@ device : str
 seed : int
 output : str
     Where executed notebooks go, relative to the book root (default ``book/executed``).
+
+Notebook parameters are checked when the configuration is loaded, before
+anything is trained: every name must be one the notebook declares, and every
+value must have the declared type. A parameter's type is its annotation in the
+notebook's ``parameters`` cell when it has one (``layer: str | int = "best"``,
+read by :func:`papermill.inspect_notebook`); otherwise the type of its default
+(an int is fine where a float is expected), widened by what the parameter's
+comment names: ``None`` allows None, ``integer``/``index`` an int, ``a list``
+a list. A default of ``None`` accepts any value. The run-level parameters the
+runner passes (``series``, ``checkpoints``, ...) take the types of the run fields.
 """
 from __future__ import annotations
 
+import ast
+import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
+import papermill
 import yaml
 
 from triphase.datasets import list_datasets
 from triphase.models.series import list_series
-from triphase.runs.template import source_notebooks
+from triphase.runs.template import book_root, source_notebooks
 
 #: field -> (allowed python types, human description)
 SCHEMA = {
@@ -53,6 +67,19 @@ SCHEMA = {
     "output": ((str,), "a folder relative to the book root"),
 }
 DEFAULT_OUTPUT = "book/executed"
+NoneType = type(None)
+#: notebook parameters the runner fills from the run fields, and the types those fields allow
+BASE_PARAMETER_TYPES = {
+    "series": (str, dict, list), "checkpoints": (str, int, list), "dataset": (str,), "subject": (str,),
+    "subjects": (list,), "dataset_options": (dict,), "device": (str,), "seed": (int,),
+}
+#: annotation names -> the YAML value types they accept
+_ANNOTATION_TYPES = {
+    "int": (int,), "float": (int, float), "complex": (int, float), "str": (str,), "bool": (bool,),
+    "list": (list,), "List": (list,), "tuple": (list,), "Tuple": (list,), "Sequence": (list,),
+    "dict": (dict,), "Dict": (dict,), "Mapping": (dict,), "None": (NoneType,), "NoneType": (NoneType,),
+}
+_TYPE_LABELS = {int: "int", float: "float", str: "str", bool: "bool", list: "list", dict: "dict", NoneType: "None"}
 
 
 class ConfigError(ValueError):
@@ -87,8 +114,11 @@ def available_run_presets() -> list[str]:
     return sorted(p.name[4:-5] for p in folder.iterdir() if p.name.startswith("run_") and p.name.endswith(".yaml"))
 
 
-def load_run_config(path_or_preset: str | Path | dict = "default") -> RunConfig:
+def load_run_config(path_or_preset: str | Path | dict = "default", root: Path | None = None) -> RunConfig:
     """Read and validate a run configuration (a path, a preset name or a dict).
+
+    ``root`` is the book root whose notebooks the parameters are checked
+    against (default :func:`~triphase.runs.template.book_root`).
 
     Examples
     --------
@@ -108,7 +138,7 @@ def load_run_config(path_or_preset: str | Path | dict = "default") -> RunConfig:
             if not text_path.exists():
                 raise ConfigError(f"run configuration file {text_path} does not exist")
             source = str(text_path)
-            values = yaml.safe_load(text_path.read_text()) or {}
+            values = _read_yaml(text_path)
         else:
             presets = available_run_presets()
             if str(path_or_preset) not in presets:
@@ -121,10 +151,27 @@ def load_run_config(path_or_preset: str | Path | dict = "default") -> RunConfig:
             )
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: a run configuration must be a mapping of fields, got {type(values).__name__}")
-    return _validate(values, source)
+    return _validate(values, source, root)
 
 
-def _validate(values: dict, source: str) -> RunConfig:
+def _read_yaml(path: Path):
+    """The YAML document of a run file; syntax errors and empty files are one-line ConfigErrors."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        raise ConfigError(f"{path}: {where}invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    if values is None:
+        raise ConfigError(f"{path}: the run file is empty (or only comments); give at least 'series', e.g. "
+                          "`series: [organism]` (fields: " + ", ".join(SCHEMA) + ")")
+    return values
+
+
+def _validate(values: dict, source: str, root: Path | None = None) -> RunConfig:
     for key, value in values.items():
         if key not in SCHEMA:
             raise ConfigError(f"{source}: unknown field {key!r}; allowed fields: {', '.join(SCHEMA)}")
@@ -139,7 +186,7 @@ def _validate(values: dict, source: str) -> RunConfig:
     _check_series(cfg)
     _check_checkpoints(cfg)
     _check_dataset(cfg)
-    _check_notebooks(cfg)
+    _check_notebooks(cfg, root)
     return cfg
 
 
@@ -183,9 +230,9 @@ def _check_dataset(cfg: RunConfig) -> None:
         raise ConfigError(f"{cfg.source}: field 'subjects' must be a non-empty list of subject ids")
 
 
-def _check_notebooks(cfg: RunConfig) -> None:
-
-    available = source_notebooks()
+def _check_notebooks(cfg: RunConfig, root: Path | None = None) -> None:
+    root = root or book_root()
+    available = source_notebooks(root)
     for name in cfg.notebooks:
         if name not in available:
             raise ConfigError(f"{cfg.source}: field 'notebooks': unknown notebook {name!r}; "
@@ -198,3 +245,116 @@ def _check_notebooks(cfg: RunConfig) -> None:
             raise ConfigError(f"{cfg.source}: field 'parameters.{name}' must be a mapping of parameter values")
     if not cfg.notebooks:
         cfg.notebooks = list(available)
+    _check_parameters(cfg, root)
+
+
+def _check_parameters(cfg: RunConfig, root: Path) -> None:
+    """Every configured notebook parameter is declared by its notebook and has the declared type."""
+    for name, params in cfg.parameters.items():
+        targets = cfg.notebooks if name == "all" else [name]
+        for notebook in targets:
+            declared = notebook_parameter_types(notebook, root)
+            for key, value in params.items():
+                where = f"{cfg.source}: field 'parameters.{name}'"
+                if key not in declared:
+                    raise ConfigError(f"{where}: notebook {notebook} has no parameter {key!r}; "
+                                      f"valid: {', '.join(sorted(declared))}")
+                types = declared[key]
+                if not _has_type(value, types):
+                    raise ConfigError(f"{where}: notebook {notebook}, parameter {key!r} must be "
+                                      f"{_describe(types)}, got {_TYPE_LABELS.get(type(value), type(value).__name__)} "
+                                      f"{value!r}")
+
+
+def notebook_parameter_types(name: str, root: Path | None = None) -> dict:
+    """``{parameter: accepted types}`` of a source notebook (``None``: any value); see the module docstring.
+
+    Examples
+    --------
+    >>> types = notebook_parameter_types("01_brain_alignment")
+    >>> types["n_perm"], types["context"], types["checkpoints"]
+    ((<class 'int'>,), None, (<class 'str'>, <class 'int'>, <class 'list'>))
+    """
+    path = (root or book_root()) / "notebooks" / f"{name}.ipynb"
+    return dict(_inspect(str(path), path.stat().st_mtime_ns))
+
+
+@lru_cache(maxsize=64)
+def _inspect(path: str, mtime_ns: int) -> tuple:
+    declared = papermill.inspect_notebook(path)
+    if not declared:
+        raise ConfigError(f"{path}: no cell tagged 'parameters'")
+    return tuple((key, _parameter_types(key, info)) for key, info in declared.items())
+
+
+def _parameter_types(name: str, info: dict):
+    """The value types one declared parameter accepts, or None for any (see the module docstring)."""
+    annotation = info.get("inferred_type_name") or "None"
+    if annotation != "None":
+        return _annotation_types(annotation)
+    if name in BASE_PARAMETER_TYPES:
+        return BASE_PARAMETER_TYPES[name]
+    try:
+        default = ast.literal_eval(info.get("default") or "None")
+    except (ValueError, SyntaxError):
+        return None  # an expression default (np.inf, 2 ** 10): its type is not knowable here
+    if default is None:
+        return None
+    types = [t for t in (bool, int, float, str, list, dict) if isinstance(default, t)][:1] or [type(default)]
+    if isinstance(default, tuple):
+        types = [list]
+    if types == [float]:
+        types = [int, float]
+    help_text = info.get("help") or ""
+    if re.search(r"\bNone\b", help_text):
+        types.append(NoneType)
+    if re.search(r"\b(integer|index|int)\b", help_text) and int not in types:
+        types.append(int)
+    if re.search(r"\ba list\b", help_text) and list not in types:
+        types.append(list)
+    return tuple(types)
+
+
+def _annotation_types(annotation: str):
+    """Types named by an annotation (``int``, ``Optional[int]``, ``str | int``, ``list[str]``); None for any."""
+    try:
+        tree = ast.parse(annotation, mode="eval").body
+    except SyntaxError:
+        return None
+
+    def walk(node):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+            left, right = walk(node.left), walk(node.right)
+            return None if left is None or right is None else left + right
+        if isinstance(node, ast.Constant) and node.value is None:
+            return (NoneType,)
+        if isinstance(node, ast.Subscript):
+            base = node.value.attr if isinstance(node.value, ast.Attribute) else getattr(node.value, "id", "")
+            if base in ("Optional", "Union"):
+                items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+                parts = [walk(item) for item in items]
+                if any(p is None for p in parts):
+                    return None
+                return sum(parts, (NoneType,) if base == "Optional" else ())
+            return walk(node.value)
+        name = node.attr if isinstance(node, ast.Attribute) else getattr(node, "id", None)
+        return _ANNOTATION_TYPES.get(name)  # Any, object and unknown names: any value
+
+    return walk(tree)
+
+
+def _has_type(value, types) -> bool:
+    if types is None:
+        return True
+    if isinstance(value, bool):  # YAML true/false is a bool, never an int here
+        return bool in types
+    return isinstance(value, tuple(types))
+
+
+def _describe(types) -> str:
+    labels = []
+    for t in types:
+        label = _TYPE_LABELS.get(t, getattr(t, "__name__", str(t)))
+        if label not in labels and not (t is int and float in types):
+            labels.append(label)
+    return " or ".join(labels)

@@ -138,7 +138,7 @@ def fetch_lebel2023(subjects: Sequence[str] = ("UTS03",), stories: Sequence[str]
     root.mkdir(parents=True, exist_ok=True)
     try:
         if tool == "openneuro":
-            try:
+            try:  # optional: openneuro-py is needed only to download LeBel 2023
                 import openneuro
             except ImportError:
                 raise RuntimeError("openneuro-py is not installed: `pip install openneuro-py`") from None

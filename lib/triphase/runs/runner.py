@@ -16,11 +16,24 @@ itself never executes notebooks (``execute_notebooks: off``).
   nothing half-written reaches the book.
 * A notebook whose inputs (source, parameters, library code, checkpoints,
   upstream tables) did not change is not re-executed; ``force`` re-runs it.
+* Before anything is trained or executed, :func:`triphase.runs.preflight.preflight`
+  checks that the dataset, its subjects and the chosen checkpoints are there.
+* The executed copy shows one parameters cell holding the values that ran
+  (papermill's injected cell is folded into it, :func:`fold_injected_parameters`).
+* Progress goes through the ``triphase`` logger: one line per notebook
+  (``[i/N] name (label) ... 12.3 s`` or ``reused (inputs unchanged)``) and,
+  inside a sweep, which checkpoint it is on (read from the kernel's progress
+  bars whose unit or description says ``checkpoint``). Kernels talk to the
+  runner over local IPC sockets where the platform has them (no TCP ports, and
+  no "running over TCP without encryption" warning on the terminal).
 """
 from __future__ import annotations
 
+import ast
 import hashlib
+import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,14 +43,17 @@ from pathlib import Path
 
 import nbformat
 import papermill
+from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from papermill.exceptions import PapermillExecutionError
+from traitlets import default
 
 from triphase._home import data_home, results_dir
 from triphase._io import atomic_path, stable_hash
 from triphase.models.organism import train_organism
 from triphase.models.series import get_series, load_presets
 from triphase.runs.config import load_run_config
+from triphase.runs.preflight import PreflightFailed, organism_trained, preflight
 from triphase.runs.template import book_root, notebook_parameters, source_notebooks
 
 KERNEL_NAME = "triphase"
@@ -47,6 +63,10 @@ DEFAULT_SCOPE = "subject"
 SYNTHESIS_FOLDER = "synthesis"
 RESULT_TABLES = ("brain.parquet", "internal.parquet", "tasks.parquet")
 METADATA_KEY = "triphase"
+INJECTED_TAG = "injected-parameters"
+PARAMETERS_TAG = "parameters"
+
+logger = logging.getLogger(__name__)
 
 
 class NotebookFailed(RuntimeError):
@@ -83,6 +103,63 @@ def ensure_kernel() -> str:
     return KERNEL_NAME
 
 
+class LocalKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernels listen on IPC (Unix) sockets instead of TCP ports, where available."""
+
+    @default("transport")
+    def _default_transport(self) -> str:
+        return "ipc" if os.name == "posix" else "tcp"
+
+
+#: one rendered tqdm bar: "desc:  40%|####      | 2/5 [00:10<00:15, 5.0s/checkpoint, step1000 fitting]"
+_BAR = re.compile(r"^(?P<desc>.*?):\s*\d+%\|.*\|\s*(?P<n>\d+)/(?P<total>\d+)\s*\[(?P<stats>.*)\]\s*$")
+
+
+class SweepProgress:
+    """Reads the kernel's stderr stream and logs which checkpoint a sweep is on.
+
+    Only progress bars counting checkpoints (``unit="checkpoint"`` or a
+    description naming checkpoints) are followed; a line is logged when the
+    count or the checkpoint named in the bar's postfix changes.
+
+    Examples
+    --------
+    >>> seen = []
+    >>> sp = SweepProgress(seen.append)
+    >>> sp.write("\\rbrain alignment:   0%|          | 0/3 [00:00<?, ?checkpoint/s, step0 features]")
+    >>> sp.write("\\rbrain alignment:   0%|          | 0/3 [00:01<?, ?checkpoint/s, step0 fitting]")
+    >>> sp.write("\\rbrain alignment:  33%|###3      | 1/3 [00:02<00:04, 2.0s/checkpoint, step60 features]\\n")
+    >>> sp.write("\\rstories: 100%|##########| 8/8 [00:01<00:00, 8.0it/s]")
+    >>> seen
+    ['brain alignment: checkpoint 1/3 (step0 features)', 'brain alignment: checkpoint 2/3 (step60 features)']
+    """
+
+    def __init__(self, emit=None):
+        self.emit = emit or (lambda text: logger.info("      %s", text))
+        self.last: dict[str, tuple] = {}
+
+    def write(self, text: str) -> None:
+        for segment in re.split(r"[\r\n]", text):
+            match = _BAR.match(segment.strip())
+            if match is None:
+                continue
+            desc, n, total = match["desc"].strip(), int(match["n"]), int(match["total"])
+            stats = [part.strip() for part in match["stats"].split(",")]
+            unit = re.sub(r"^[\d.?]+(s/)?|/s$", "", stats[1]) if len(stats) > 1 else ""
+            if "checkpoint" not in unit and "checkpoint" not in desc.lower():
+                continue
+            postfix = ", ".join(stats[2:])
+            current = min(n + 1, total)
+            state = (current, postfix.split(" ", 1)[0] if postfix else "")
+            if self.last.get(desc) == state:
+                continue
+            self.last[desc] = state
+            self.emit(f"{desc}: checkpoint {current}/{total}" + (f" ({postfix})" if postfix else ""))
+
+    def flush(self) -> None:
+        pass
+
+
 def _library_hash() -> str:
     digest = hashlib.sha256()
     package = Path(__file__).resolve().parents[1]
@@ -99,8 +176,11 @@ def _file_hash(path: Path) -> str:
 
 def execute_notebook(name: str, parameters: dict, output: Path, force: bool = False,
                      root: Path | None = None, extra_inputs: dict | None = None, title_suffix: str = "",
-                     progress: bool = True) -> bool:
+                     progress: bool = True, step: str = "") -> bool:
     """Execute one source notebook into ``output`` (atomically); return True if it ran.
+
+    ``step`` prefixes the log lines (the runner passes ``"[i/N] "``);
+    ``progress`` shows papermill's cell bar and the sweeps' checkpoint lines.
 
     Raises
     ------
@@ -124,10 +204,13 @@ def execute_notebook(name: str, parameters: dict, output: Path, force: bool = Fa
         "inputs": extra_inputs or {},
     })
     output = Path(output)
+    what = f"{step}{name}" + (f" ({title_suffix})" if title_suffix else "")
     if output.exists() and not force:
         previous = nbformat.read(output, as_version=4).metadata.get(METADATA_KEY, {})
         if previous.get("input_key") == key:
+            logger.info("%s reused (inputs unchanged)", what)
             return False
+    logger.info("%s ...", what)
     kernel = ensure_kernel()
     try:
         label = output.resolve().relative_to(root.resolve()).with_suffix("").as_posix()
@@ -141,6 +224,7 @@ def execute_notebook(name: str, parameters: dict, output: Path, force: bool = Fa
         papermill.execute_notebook(
             str(source), str(scratch), parameters=parameters, kernel_name=kernel,
             cwd=str(root / "notebooks"), progress_bar=progress, report_mode=False,
+            kernel_manager_class=LocalKernelManager, stderr_file=SweepProgress() if progress else None,
         )
     except PapermillExecutionError as exc:
         failed.parent.mkdir(parents=True, exist_ok=True)
@@ -152,16 +236,111 @@ def execute_notebook(name: str, parameters: dict, output: Path, force: bool = Fa
     except BaseException:
         scratch.unlink(missing_ok=True)
         raise
+    seconds = time.perf_counter() - started
     notebook = nbformat.read(scratch, as_version=4)
-    notebook.metadata[METADATA_KEY] = {
-        "input_key": key, "parameters": parameters, "seconds": round(time.perf_counter() - started, 1),
-    }
+    notebook.metadata[METADATA_KEY] = {"input_key": key, "parameters": parameters, "seconds": round(seconds, 1)}
     _retitle(notebook, title_suffix)
+    fold_injected_parameters(notebook)
     collapse_progress_output(notebook)
     with atomic_path(output) as tmp:
         nbformat.write(notebook, tmp)
     scratch.unlink(missing_ok=True)
+    logger.info("%s ... %.1f s", what, seconds)
     return True
+
+
+def fold_injected_parameters(notebook) -> None:
+    """Show the parameters once: fold papermill's injected values into the ``parameters`` cell.
+
+    Papermill executes a copy with its own ``injected-parameters`` cell after
+    the source's ``parameters`` cell, so a rendered page would show both. Here
+    (after execution: nothing that ran changes) each top-level assignment of
+    the parameters cell that the run overrode gets the injected value
+    expression, comments kept; a first comment line names the values the run
+    set, and the injected cell is dropped.
+
+    Examples
+    --------
+    >>> import nbformat
+    >>> nb = nbformat.v4.new_notebook(cells=[
+    ...     nbformat.v4.new_code_cell("n = 1000     # permutations\\nname = 'a'   # a name",
+    ...                               metadata={"tags": ["parameters"]}),
+    ...     nbformat.v4.new_code_cell("# Parameters\\nn = 20\\n", metadata={"tags": ["injected-parameters"]}),
+    ...     nbformat.v4.new_code_cell("print(n)")])
+    >>> fold_injected_parameters(nb)
+    >>> print(nb.cells[0].source)
+    # values set by this run (papermill): n
+    n = 20       # permutations
+    name = 'a'   # a name
+    >>> len(nb.cells)
+    2
+    """
+    tagged = [(i, cell) for i, cell in enumerate(notebook.cells) if cell.cell_type == "code"]
+    injected = [i for i, cell in tagged if INJECTED_TAG in cell.metadata.get("tags", [])]
+    original = [cell for _, cell in tagged if PARAMETERS_TAG in cell.metadata.get("tags", [])]
+    if not injected or not original:
+        return
+    values = _assigned_values(notebook.cells[injected[0]].source)
+    if values is None:
+        return  # not plain assignments: leave papermill's cell as it is
+    cell = original[0]
+    folded = _replace_assignments(cell.source, values)
+    if folded is None:
+        return
+    if values:
+        folded = f"# values set by this run (papermill): {', '.join(values)}\n" + folded
+    cell.source = folded
+    del notebook.cells[injected[0]]
+
+
+def _assigned_values(source: str) -> dict | None:
+    """``{name: value source}`` of the top-level single-name assignments of a cell (None if it has others)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    values = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            values[node.targets[0].id] = ast.get_source_segment(source, node.value)
+        else:
+            return None
+    return values
+
+
+def _replace_assignments(source: str, values: dict) -> str | None:
+    """The cell source with the value expression of each assignment named in ``values`` replaced."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    lines = source.splitlines(keepends=True)
+    edits, seen = [], set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            name = node.target.id
+        else:
+            continue
+        if name in values:
+            seen.add(name)
+            value = node.value
+            edits.append((value.lineno - 1, value.col_offset, value.end_lineno - 1, value.end_col_offset, values[name]))
+    for first, start, last, end, text in reversed(edits):
+        head = lines[first].encode()[:start].decode()
+        old_end_column = len(lines[last].encode()[:end].decode())
+        tail = lines[last].encode()[end:].decode()
+        comment = re.match(r"^([ \t]+)(#.*)$", tail, flags=re.S)
+        if comment and first == last:  # keep the comment column where the new value allows
+            pad = max(1, old_end_column + len(comment[1]) - len(head + text))
+            tail = " " * pad + comment[2]
+        lines[first:last + 1] = [head + text + tail]
+    extra = [name for name in values if name not in seen]
+    folded = "".join(lines)
+    if extra:
+        folded = folded.rstrip("\n") + "\n" + "".join(f"{name} = {values[name]}\n" for name in extra)
+    return folded
 
 
 def collapse_progress_output(notebook) -> None:
@@ -225,12 +404,14 @@ def prepare_series(series_spec, progress: bool = True) -> None:
     if isinstance(series_spec, str):
         spec = load_presets().get(series_spec, {})
         if spec.get("loader") == "organism":
-
+            if not organism_trained(spec.get("config", "default")):
+                logger.info("training the organism for series %s (config %s) ...", series_spec,
+                            spec.get("config", "default"))
             train_organism(spec.get("config", "default"), progress=progress)
 
 
 def run(config="default", force=(), build: bool = True, root: Path | None = None,
-        progress: bool = True) -> RunReport:
+        progress: bool = True, check: bool = True) -> RunReport:
     """Run a configuration end to end: train what is missing, execute notebooks, build.
 
     Parameters
@@ -242,37 +423,60 @@ def run(config="default", force=(), build: bool = True, root: Path | None = None
         (``"all"`` for every one).
     build : bool
         Build the book afterwards.
+    check : bool
+        Run the preflight checks first (:func:`triphase.runs.preflight.preflight`).
+
+    Raises
+    ------
+    ValueError
+        For a ``force`` name that is no source notebook.
+    PreflightFailed
+        When the dataset, its subjects or the chosen checkpoints are missing.
     """
 
     root = root or book_root()
-    cfg = load_run_config(config)
+    cfg = load_run_config(config, root=root)
     report = RunReport()
     force = set([force] if isinstance(force, str) else force)
+    check_force(force, root)
+    if check:
+        result = preflight(cfg)
+        for note in result.notes:
+            logger.info("%s", note)
+        if result.problems:
+            raise PreflightFailed(result.problems)
     t0 = time.perf_counter()
     for series in cfg.series:
         prepare_series(series, progress=progress)
     report.seconds["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     out_root = root / cfg.output
-    for name in cfg.notebooks:
-        scope = NOTEBOOK_SCOPE.get(name, DEFAULT_SCOPE)
+    plan = [(name, job) for name in cfg.notebooks for job in _jobs(cfg, NOTEBOOK_SCOPE.get(name, DEFAULT_SCOPE))]
+    for index, (name, job) in enumerate(plan, start=1):
         declared = notebook_parameters(name, root)
-        user = cfg.notebook_parameters(name)
-        for job in _jobs(cfg, scope):
-            base = {k: v for k, v in job["parameters"].items() if k in declared}
-            params = {**base, **user}
-            ran = execute_notebook(
-                name, params, out_root / job["folder"] / f"{name}.ipynb",
-                force=bool({name, "all"} & force), root=root, extra_inputs=job["inputs"],
-                title_suffix=job["label"], progress=progress,
-            )
-            (report.executed if ran else report.skipped).append(f"{job['folder']}/{name}")
+        base = {k: v for k, v in job["parameters"].items() if k in declared}
+        params = {**base, **cfg.notebook_parameters(name)}
+        ran = execute_notebook(
+            name, params, out_root / job["folder"] / f"{name}.ipynb",
+            force=bool({name, "all"} & force), root=root, extra_inputs=job["inputs"],
+            title_suffix=job["label"], progress=progress, step=f"[{index}/{len(plan)}] ",
+        )
+        (report.executed if ran else report.skipped).append(f"{job['folder']}/{name}")
     report.seconds["execute"] = time.perf_counter() - t0
     if build:
         t0 = time.perf_counter()
+        logger.info("building the book ...")
         build_book(root)
         report.seconds["build"] = time.perf_counter() - t0
     return report
+
+
+def check_force(names, root: Path | None = None) -> None:
+    """Raise ValueError naming any ``force`` entry that is neither ``all`` nor a source notebook."""
+    available = source_notebooks(root)
+    unknown = sorted(set(names) - set(available) - {"all"})
+    if unknown:
+        raise ValueError(f"--force: no notebook named {', '.join(unknown)}; valid: all, {', '.join(available)}")
 
 
 def _jobs(cfg, scope: str) -> list[dict]:
@@ -306,8 +510,9 @@ def _jobs(cfg, scope: str) -> list[dict]:
 def build_book(root: Path | None = None) -> Path:
     """Build the Jupyter Book (HTML, no execution) and return ``_build/html``."""
     root = root or book_root()
-    exe = Path(sys.executable).parent / "jupyter-book"
-    command = [str(exe) if exe.exists() else "jupyter-book", "build", str(root)]
+    # jupyter-book's own entry point, run by this interpreter: an environment whose bin/ is not on PATH
+    # (or that has no console script of its own) builds with the jupyter-book it imports
+    command = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(root)]
     result = subprocess.run(command, cwd=root, capture_output=True, text=True)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).splitlines()[-40:])

@@ -91,7 +91,7 @@ def check_nltk_data(tasks: Sequence[str]) -> None:
         for prefix, (resource, package) in NLTK_REQUIREMENTS.items():
             if not str(task).startswith(prefix) and not str(task).endswith(prefix):
                 continue
-            try:
+            try:  # optional: nltk comes with lm-eval's IFEval, needed by no other task
                 import nltk
             except ImportError as exc:
                 raise RuntimeError(f"task {task!r} needs the package nltk: pip install nltk") from exc
@@ -156,7 +156,7 @@ def task_config_hash(task: str, task_manager) -> str:
 
 def lmeval_cache_key(identity: dict, tasks: Sequence[str], task_manager, settings: dict) -> str:
     """Cache key of one lm-eval run: model identity, task configs, lm-eval version, settings."""
-    import lm_eval
+    import lm_eval  # optional: the `real` extra
 
 
     return stable_hash({
@@ -297,6 +297,7 @@ def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dt
     -------
     DataFrame with the join columns and task, few_shot, metric, value, ci_low, ci_high, n_items.
     """
+    # optional: lm-evaluation-harness is the `real` extra, needed only for hub models
     import lm_eval
     from lm_eval.tasks import TaskManager
 

@@ -16,7 +16,7 @@ module measures both, separately, per checkpoint and task family:
 each with a 95% Wilson score interval (:func:`wilson_interval`).
 
 Items are :class:`triphase.TaskItem`: the organism's embedded suite comes from
-held-out story-world text (:func:`triphase.storyworld.task_items`); any other
+held-out story-world text (:func:`triphase.models.storyworld.task_items`); any other
 suite can be given as a task file (JSON lines or YAML, :func:`load_task_file`).
 Real (hub) models are evaluated with lm-evaluation-harness instead
 (:mod:`triphase.tasks.lmeval`); :func:`downstream_tasks` dispatches on the task preset.
@@ -181,7 +181,7 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
     tasks : None, str or list of str
         A preset of ``presets/tasks.yaml`` (default: ``embedded`` for the embedded
         tier, ``real`` for the real tier), story-world families, a task file, or
-        lm-evaluation-harness task names (run through :mod:`triphase.lmeval`).
+        lm-evaluation-harness task names (run through :mod:`triphase.tasks.lmeval`).
     n_items : int
         Items per family (embedded suite; first ``n_items`` of each family of a
         task file; ``limit`` for lm-eval tasks when given in ``lmeval_options``).
