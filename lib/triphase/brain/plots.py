@@ -35,7 +35,7 @@ def _tier(table: pd.DataFrame) -> str:
 
 def plot_brain_score(table: pd.DataFrame, region: str = ALL_REGIONS, score: str = "score_mean",
                      by: str = "cv_score_mean", layer: int | None = None, controls: bool = True, ax=None,
-                     label: str | None = None):
+                     label: str | None = None, title: str | None = None):
     """Brain score against tokens seen (log x) for the best layer, with its bootstrap CI and controls.
 
     Parameters
@@ -52,6 +52,20 @@ def plot_brain_score(table: pd.DataFrame, region: str = ALL_REGIONS, score: str 
         A fixed layer instead of the best one per checkpoint.
     controls : bool
         Draw the control rows (final checkpoint) as markers right of the curve.
+    ax : matplotlib Axes, optional
+    label : str, optional
+        Legend label of the curve.
+    title : str, optional
+        Replaces the default title ("Brain score through training" and the table's tier);
+        it should carry a tier label (:func:`triphase.plotting.tier_label`) itself.
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    See the module's example.
     """
 
     if ax is None:
@@ -91,14 +105,82 @@ def plot_brain_score(table: pd.DataFrame, region: str = ALL_REGIONS, score: str 
     ax.set_xscale("log")
     ax.set_xlabel("tokens seen (step0 drawn at the left edge)")
     ax.set_ylabel(f"{score} ({region})")
-    ax.set_title(f"Brain score through training\n{tier_label(_tier(table))}", fontsize=10)
+    ax.set_title(title or f"Brain score through training\n{tier_label(_tier(table))}", fontsize=10)
     ax.legend(frameon=False, fontsize=8)
+    return ax
+
+
+def plot_brain_score_per_region(table: pd.DataFrame, tier: str | None = None, ax=None):
+    """Mean r within each region (not the whole brain) against tokens seen, for the best layer per checkpoint.
+
+    The layer per checkpoint is the whole-brain best layer (:func:`best_layers`,
+    by cross-validated training score), the same in every region.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``brain.parquet`` rows.
+    tier : {"embedded", "real"}, optional
+        The tier written in the title (default: the table's ``tier`` column).
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Raises
+    ------
+    ValueError
+        When the table has no region other than the whole brain.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> rows = [{"checkpoint": f"step{s}", "step": s, "tokens_seen": 10 * s, "layer": 1, "region": region,
+    ...          "features": "model", "tier": "embedded", "score_mean": score, "cv_score_mean": 0.1}
+    ...         for s in (0, 1) for region, score in (("all", 0.01 * s), ("HG", 0.02 * s))]
+    >>> ax = plot_brain_score_per_region(pd.DataFrame(rows))
+    >>> [line.get_label() for line in ax.get_lines()][:1], ax.get_lines()[0].get_ydata().tolist()
+    (['HG'], [0.0, 0.02])
+    """
+    regions = [r for r in table["region"].unique() if r != ALL_REGIONS]
+    if not regions:
+        raise ValueError("this dataset defines no regions")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 4.2))
+    picks = best_layers(table)[["checkpoint", "layer"]]
+    per_region = table[table["features"] == MODEL_FEATURES].merge(picks, on=["checkpoint", "layer"])
+    for region in regions:
+        rows = per_region[per_region["region"] == region].sort_values("step")
+        x = log_positions(rows["tokens_seen"].to_numpy())
+        ax.plot(x, rows["score_mean"], "o-", ms=3, label=region)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens seen (step0 at the left edge)")
+    ax.set_ylabel("mean r in region (best layer)")
+    ax.axhline(0, color="0.6", lw=0.8)
+    ax.legend(frameon=False, fontsize=8, ncol=2)
+    ax.set_title(f"Brain score per region\n{tier_label(tier or _tier(table))}", fontsize=10)
     return ax
 
 
 def plot_layer_heatmap(table: pd.DataFrame, score: str = "score_mean", region: str = ALL_REGIONS, ax=None,
                        cmap: str = "viridis"):
-    """Layer x checkpoint map of a score (model features, one region)."""
+    """Layer x checkpoint map of a score (model features, one region).
+
+    Returns
+    -------
+    matplotlib Axes
+        Its title says the table's tier.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"checkpoint": ["step0", "step1"], "step": [0, 1], "layer": 1, "region": "all",
+    ...                   "features": "model", "tier": "embedded", "score_mean": [0.01, 0.05]})
+    >>> ax = plot_layer_heatmap(t)
+    >>> ax.images[0].get_array().tolist()
+    [[0.01, 0.05]]
+    """
 
     rows = table[(table["region"] == region) & (table["features"] == MODEL_FEATURES)]
     grid = rows.pivot_table(index="layer", columns="step", values=score, aggfunc="mean").sort_index(ascending=False)
@@ -124,6 +206,16 @@ def plot_glass_brain_maps(maps: dict[str, np.ndarray], mask_img, tier: str = "em
     Uses :func:`nilearn.masking.unmask` to put the r vector back into the
     mask's 3-D grid and :func:`nilearn.plotting.plot_glass_brain`
     (``plot_abs=False``: negative r shown in blue). NaN r (excluded voxels) are drawn as 0.
+
+    Returns
+    -------
+    matplotlib Figure
+        Stamped with ``tier`` in its lower right corner.
+
+    Examples
+    --------
+    >>> space = data.voxel_space("sim01")  # doctest: +SKIP
+    >>> fig = plot_glass_brain_maps({"final": r}, space.mask_img, tier="embedded")  # doctest: +SKIP
     """
 
     if mask_img is None:
@@ -142,8 +234,34 @@ def plot_glass_brain_maps(maps: dict[str, np.ndarray], mask_img, tier: str = "em
 
 
 def plot_ceiling_vs_truth(estimated: np.ndarray, true: np.ndarray, regions: np.ndarray | None = None,
-                          quantity: str = "explainable variance", ax=None, tier: str = "embedded"):
-    """Estimated (from repeats) against true per-voxel explainable variance (simulated participant)."""
+                          quantity: str = "explainable variance", ax=None, tier: str = "embedded",
+                          xlabel: str | None = None, ylabel: str | None = None):
+    """Estimated (from repeats) against true per-voxel explainable variance (simulated participant).
+
+    Parameters
+    ----------
+    estimated, true : array-like
+        One value per voxel.
+    regions : array-like, optional
+        Region label per voxel (one colour each; ``"none"`` in grey).
+    quantity : str
+        What is compared (axis labels).
+    ax : matplotlib Axes, optional
+    tier : {"embedded", "real"}
+        Written in the title.
+    xlabel, ylabel : str, optional
+        Replace the default axis labels (``"true <quantity>"``, ``"estimated <quantity> (from repeats)"``).
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> ax = plot_ceiling_vs_truth(np.array([0.1, 0.2, 0.3, 0.5]), np.array([0.1, 0.25, 0.3, 0.4]))
+    >>> ax.get_title().splitlines()[1]
+    '(embedded tier: model organism / simulated participant)'
+    """
 
     estimated, true = np.asarray(estimated, float), np.asarray(true, float)
     if estimated.shape != true.shape:
@@ -163,7 +281,7 @@ def plot_ceiling_vs_truth(estimated: np.ndarray, true: np.ndarray, regions: np.n
     top = float(max(true[ok].max(), estimated[ok].max())) if ok.any() else 1.0
     ax.plot([0, top], [0, top], color="k", lw=0.8, ls="--", label="identity")
     r = np.corrcoef(true[ok], estimated[ok])[0, 1] if ok.sum() > 2 else float("nan")
-    ax.set_xlabel(f"true {quantity}")
-    ax.set_ylabel(f"estimated {quantity} (from repeats)")
+    ax.set_xlabel(xlabel or f"true {quantity}")
+    ax.set_ylabel(ylabel or f"estimated {quantity} (from repeats)")
     ax.set_title(f"Noise ceiling vs ground truth, r = {r:.2f}\n({tier_label(tier)})", fontsize=9)
     return ax

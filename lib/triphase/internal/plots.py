@@ -22,14 +22,38 @@ def _tier(table: pd.DataFrame) -> str:
 
 
 def plot_measures(table: pd.DataFrame, measures: Sequence[str], col_wrap: int = 3, height: float = 2.6,
-                  controls: bool = True):
+                  controls: bool = True, references: dict[str, float] | None = None):
     """Each measure against tokens seen (log x; step0 at the left edge), one line per layer.
 
-    With ``controls``, a measure's shuffled-label control (``<measure>_shuffled``,
-    averaged over layers) is drawn in the same panel as a grey dashed line.
-    Returns the seaborn ``FacetGrid``; the title says the tier.
-    """
+    Parameters
+    ----------
+    table : DataFrame
+        ``internal.parquet`` rows.
+    measures : sequence of str
+        One panel each (measures absent from the table are skipped).
+    col_wrap, height : int, float
+        Panels per row and panel height (inches).
+    controls : bool
+        Draw a measure's shuffled-label control (``<measure>_shuffled``,
+        averaged over layers) in the same panel as a grey dashed line.
+    references : dict, optional
+        measure -> value drawn as a dark grey dashed horizontal line in that
+        measure's panel (e.g. the induction score of uniform attention).
 
+    Returns
+    -------
+    seaborn FacetGrid
+        Its suptitle says the tier (:func:`triphase.plotting.tier_label`).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"measure": "cka_final", "head": -1, "layer": [1, 1], "tier": "embedded",
+    ...                   "tokens_seen": [0, 100], "value": [0.2, 1.0]})
+    >>> grid = plot_measures(t, ["cka_final"], references={"cka_final": 0.5})
+    >>> grid.figure._suptitle.get_text()
+    'embedded tier: model organism / simulated participant'
+    """
 
     rows = table[table["measure"].isin(measures) & (table["head"] == NO_HEAD)].copy()
     if rows.empty:
@@ -54,11 +78,36 @@ def plot_measures(table: pd.DataFrame, measures: Sequence[str], col_wrap: int = 
                     label="shuffled labels")
             ax.legend(frameon=False, fontsize=7, loc="best")
     grid.figure.suptitle(tier_label(_tier(table)), y=1.02, fontsize=10)
+    for measure, value in (references or {}).items():
+        if measure in grid.axes_dict:
+            grid.axes_dict[measure].axhline(value, color="0.4", ls="--", lw=0.8)
     return grid
 
 
 def plot_induction_heatmap(table: pd.DataFrame, measure: str = "induction_score", ax=None):
-    """Heatmap of a per-head measure: checkpoints (rows, training order) x layer/head (columns)."""
+    """Heatmap of a per-head measure: checkpoints (rows, training order) x layer/head (columns).
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``internal.parquet`` rows with per-head values (``head >= 0``).
+    measure : str
+        The per-head measure drawn.
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib Axes
+        Its title says the tier.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"measure": "induction_score", "head": [0, 1], "layer": 1, "tier": "embedded",
+    ...                   "step": 0, "checkpoint": "step0", "tokens_seen": 0, "value": [0.1, 0.4]})
+    >>> [label.get_text() for label in plot_induction_heatmap(t).get_xticklabels()]
+    ['L1H0', 'L1H1']
+    """
 
 
     rows = table[(table["measure"] == measure) & (table["head"] != NO_HEAD)]
@@ -77,6 +126,39 @@ def plot_induction_heatmap(table: pd.DataFrame, measure: str = "induction_score"
     return ax
 
 
+def plot_head_maps(table: pd.DataFrame, measures: Sequence[str] = ("induction_score", "attention_entropy")):
+    """Per-head measures side by side: one :func:`plot_induction_heatmap` panel per measure.
+
+    Parameters
+    ----------
+    table : DataFrame
+        ``internal.parquet`` rows with per-head values (``head >= 0``).
+    measures : sequence of str
+        Per-head measures, one panel each.
+
+    Returns
+    -------
+    matplotlib Figure
+        Every panel's title says the tier.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"measure": "induction_score", "head": 0, "layer": 1, "tier": "embedded",
+    ...                   "step": range(6), "checkpoint": [f"step{s}" for s in range(6)], "tokens_seen": 0,
+    ...                   "value": 0.1})
+    >>> fig = plot_head_maps(t, ["induction_score"])
+    >>> fig.axes[0].get_title().splitlines()
+    ['induction_score per head', 'embedded tier: model organism / simulated participant']
+    """
+    fig, axes = plt.subplots(1, len(measures), figsize=(6.5 * len(measures), 0.9 + 0.3 * table["checkpoint"].nunique()),
+                             squeeze=False)
+    for ax, measure in zip(axes[0], measures):
+        plot_induction_heatmap(table, measure, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
 def plot_with_brain_score(table: pd.DataFrame, brain_best: pd.DataFrame, measures: Sequence[str], axes=None,
                           layer_summary: str = "mean"):
     """Internal measures (summarised over layers) with the whole-brain brain score on a twin axis.
@@ -91,6 +173,21 @@ def plot_with_brain_score(table: pd.DataFrame, brain_best: pd.DataFrame, measure
     measures : list of str
     layer_summary : {"mean", "max"}
         How per-layer measures are summarised per checkpoint.
+
+    Returns
+    -------
+    array of matplotlib Axes
+        One per measure; the figure's suptitle says the tier.
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> t = pd.DataFrame({"measure": "cka_final", "head": -1, "layer": 1, "tier": "embedded",
+    ...                   "step": [0, 1], "tokens_seen": [0, 100], "value": [0.2, 1.0]})
+    >>> brain = pd.DataFrame({"checkpoint": ["step0", "step1"], "tokens_seen": [0, 100], "score_mean": [0.0, 0.1]})
+    >>> axes = plot_with_brain_score(t, brain, ["cka_final"])
+    >>> axes[0].get_lines()[0].get_ydata().tolist()
+    [0.2, 1.0]
     """
 
 

@@ -17,6 +17,22 @@ def plot_training_curve(log, unigram_entropy: float | None = None, ax=None, tier
         :func:`triphase.models.organism.training_log`).
     unigram_entropy : float, optional
         Drawn as a horizontal reference (nats/token).
+    ax : matplotlib Axes, optional
+    tier : {"embedded", "real"}
+        Written in the title (:func:`triphase.plotting.tier_label`).
+
+    Returns
+    -------
+    matplotlib Axes
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> log = pd.DataFrame({"tokens_seen": [0, 100, 200], "train_loss": [6.0, 4.0, 3.0],
+    ...                     "heldout_loss": [6.1, None, 3.2]})
+    >>> ax = plot_training_curve(log, unigram_entropy=4.5)
+    >>> ax.get_lines()[1].get_ydata().tolist(), ax.get_title()
+    ([3.2], 'Training curve (embedded tier: model organism / simulated participant)')
     """
 
     if ax is None:

@@ -1,14 +1,16 @@
-"""Plots of phase fits: the curve, its piecewise-linear fit, segments coloured by label, breakpoint intervals.
+"""Plots of phase fits: the curve, its piecewise-linear fit, segments coloured by label, breakpoint intervals;
+and the synthesis chapter's three perspectives of one model on one axis.
 """
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 
+from triphase.phases.boundaries import ACCURACY, INSTRUCTION, INTERNAL, OVERALL_TASK
 from triphase.phases.inference import PhaseResult
 from triphase.phases.piecewise import SEGMENT_COLOURS
-from triphase.plotting import tier_label
-
-#: Most breakpoints the model search considers by default (the design's 0-4).
+from triphase.phases.synthesis import brain_replicates, layer_description, pooled_task_curve
+from triphase.plotting import stamp_tier, tier_label
 
 
 # --------------------------------------------------------------------------- figure
@@ -73,3 +75,135 @@ def plot_phases(ax, x, y, result: PhaseResult, tier: str | None = None, title: s
     ax.set_xlabel("log10 tokens seen")
     ax.legend(frameon=False, fontsize=7)
     return ax
+
+
+# --------------------------------------------------------------------------- three perspectives
+
+def _not_computed(ax, what, keep_ticks=False):
+    ax.text(0.5, 0.5, f"{what}: not computed", transform=ax.transAxes, ha="center", va="center", color="0.4")
+    if not keep_ticks:
+        ax.set_yticks([])
+
+
+def _mark_brain(ax, result):
+    for b in result.breakpoints:
+        ax.axvline(b, color="tab:blue", ls="--", lw=0.8)
+
+
+def _mark_boundary(ax, row, color, label, ls=":"):
+    ax.axvline(row.x, color=color, ls=ls, lw=1.5, label=label)
+    if np.isfinite(row.ci_low) and np.isfinite(row.ci_high):
+        ax.axvspan(row.ci_low, row.ci_high, color=color, alpha=0.08, lw=0)
+
+
+def plot_three_perspectives(model: dict, brain_measure: str = "score_mean", region: str = "all",
+                            layer: int | None = None, threshold: float = 0.5, accuracy_metric: str = "accuracy",
+                            few_shot: int = 0):
+    """The three perspectives of one model on its log-tokens axis, in three stacked panels.
+
+    (Top) the brain score with its 95% intervals and its phase fit
+    (:func:`plot_phases`); (middle) the internal measures, averaged over layers
+    and min-max scaled to [0, 1], with their largest changes; (bottom)
+    instruction following and accuracy pooled over task families
+    (:func:`~triphase.phases.synthesis.pooled_task_curve`) with the onset of
+    instruction following and the accuracy boundaries. The brain breakpoints
+    are dashed in every panel; a missing perspective says "not computed".
+
+    Parameters
+    ----------
+    model : dict
+        A model record of :mod:`triphase.phases.synthesis` after
+        :func:`~triphase.phases.synthesis.prepare_model`,
+        :func:`~triphase.phases.synthesis.fit_brain_phases` and
+        :func:`~triphase.phases.synthesis.write_phases_table`.
+    brain_measure, region, layer, threshold, accuracy_metric, few_shot
+        The settings the record was analysed with (they label the panels).
+
+    Returns
+    -------
+    matplotlib Figure
+        Stamped with the record's tier (:func:`triphase.plotting.stamp_tier`).
+
+    Examples
+    --------
+    >>> from triphase.phases.synthesis import read_run_tables, prepare_model  # doctest: +SKIP
+    >>> models, _ = read_run_tables("organism", "simulated", "sim01")  # doctest: +SKIP
+    >>> notes = prepare_model(models[0])  # doctest: +SKIP
+    >>> fig = plot_three_perspectives(models[0])  # doctest: +SKIP
+    """
+    if model.get("axis") is None:
+        raise ValueError(f"{model['series']} / {model['subject']} has no table: nothing to plot")
+    replicates = brain_replicates(brain_measure)
+    layer_text = layer_description(layer)
+    m = model
+    tier = m["tier"]
+    x_of = dict(zip(m["axis"]["checkpoint"], m["axis"]["x"]))
+    fig, axes = plt.subplots(3, 1, figsize=(9, 10), sharex=True)
+    result, phases = m.get("result"), m.get("phases")
+    if result is not None:
+        curve = m["curve"]
+        band = (curve["ci_low"], curve["ci_high"]) if replicates == "ci" else None
+        plot_phases(axes[0], m["x"], curve[brain_measure], result, tier=tier, yerr=band,
+                    title=f"{m['series']} / {m['dataset']}-{m['subject']}: {brain_measure} ({region}), {layer_text}")
+        axes[0].set_ylabel(brain_measure)
+        axes[0].set_xlabel("")
+    else:
+        raw_curve = m.get("raw_curve")
+        if raw_curve is not None and replicates == "ci":
+            xs = [x_of[c] for c in raw_curve["checkpoint"]]
+            axes[0].errorbar(xs, raw_curve[brain_measure], yerr=[raw_curve[brain_measure] - raw_curve["ci_low"],
+                                                                 raw_curve["ci_high"] - raw_curve[brain_measure]],
+                             fmt="o", color="k")
+            axes[0].set_ylabel(brain_measure)
+        _not_computed(axes[0], "brain-score phases", keep_ticks=raw_curve is not None)
+        axes[0].set_title(f"{m['series']} / {m['dataset']}-{m['subject']}\n{tier_label(tier)}", fontsize=9)
+    if m["internal"] is not None and len(m["internal"]):
+        summary = m["internal"].groupby(["checkpoint", "step", "measure"], as_index=False)["value"].mean()
+        for i, (measure, rows) in enumerate(summary.groupby("measure", sort=True)):
+            rows = rows.sort_values("step")
+            span = np.ptp(rows["value"].to_numpy())
+            scaled = (rows["value"] - rows["value"].min()) / (span if span > 0 else 1.0)
+            axes[1].plot([x_of[c] for c in rows["checkpoint"]], scaled, "o-", ms=3, color=f"C{i}", label=measure)
+            if phases is not None:
+                for r in phases[(phases["perspective"] == INTERNAL) & phases["found"]
+                                & phases["source"].str.startswith(f"{measure} ")].itertuples():
+                    axes[1].axvline(r.x, color=f"C{i}", ls=":", lw=1.2)
+        axes[1].set_ylabel("internal measure\n(layer mean, min-max scaled)")
+        axes[1].legend(frameon=False, fontsize=7, ncol=2)
+    else:
+        _not_computed(axes[1], "internal states")
+    if m["tasks"] is not None and len(m["tasks"]):
+        drawn = False
+        for metric, color in (("instruction_following", "tab:purple"), (accuracy_metric, "tab:orange")):
+            rows = pooled_task_curve(m["tasks"], metric)
+            if rows.empty:
+                continue
+            xs = [x_of[c] for c in rows["checkpoint"]]
+            axes[2].plot(xs, rows["value"], "o-", ms=3, color=color, label=f"{metric} (all tasks)")
+            axes[2].fill_between(xs, rows["ci_low"], rows["ci_high"], color=color, alpha=0.15, lw=0)
+            drawn = True
+        if phases is not None:
+            for r in phases[(phases["perspective"] == INSTRUCTION) & (phases["source"] == OVERALL_TASK)
+                            & phases["found"]].itertuples():
+                _mark_boundary(axes[2], r, "tab:purple", f"instruction-following onset (CI > {threshold:g})")
+            for r in phases[(phases["perspective"] == ACCURACY)
+                            & (phases["source"] == f"{OVERALL_TASK} ({accuracy_metric})")
+                            & phases["found"]].itertuples():
+                _mark_boundary(axes[2], r, "tab:orange", f"accuracy {r.boundary.replace('_', ' ')}",
+                               ls=":" if r.boundary == "consolidation_onset" else "-.")
+        axes[2].axhline(threshold, color="0.6", lw=0.8)
+        axes[2].set_ylim(-0.02, 1.02)
+        axes[2].set_ylabel(f"share of items ({few_shot}-shot)")
+        if drawn:
+            axes[2].legend(frameon=False, fontsize=7)
+        else:
+            _not_computed(axes[2], f"instruction following / {accuracy_metric}")
+    else:
+        _not_computed(axes[2], "downstream tasks")
+    if result is not None:
+        for ax in axes[1:]:
+            _mark_brain(ax, result)
+    axes[2].set_xlabel("log10 tokens seen (step 0 one log spacing before the first checkpoint)")
+    stamp_tier(fig, tier)
+    fig.tight_layout(rect=(0, 0.02, 1, 1))
+    return fig

@@ -41,6 +41,15 @@ def plot_task_metrics(table: pd.DataFrame, few_shot: int = 0, metrics: Sequence[
     Returns
     -------
     matplotlib Figure (stamped with the tier).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"series": "organism", "task": "yesno", "few_shot": 0, "metric": "accuracy",
+    ...                   "tier": "embedded", "tokens_seen": [0, 100], "value": [0.2, 0.6],
+    ...                   "ci_low": [0.1, 0.5], "ci_high": [0.3, 0.7]})
+    >>> fig = plot_task_metrics(t)
+    >>> fig.axes[0].get_title(), fig.texts[-1].get_text()
+    ('yesno (0-shot)', 'embedded tier: model organism / simulated participant')
     """
 
 
