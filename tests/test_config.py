@@ -88,8 +88,8 @@ def test_parameter_types_accept_what_the_notebooks_allow(tmp_path):
     path.write_text(
         "parameters:\n"
         "  01_brain_alignment: {n_perm: 10, layers: [1, 2], context: null, alphas: [1.0, 10.0]}\n"
-        "  02_internal_states: {probe_components: null, context: 64}\n"  # the comment documents None
-        "  04_phases: {threshold_following: 1, layer: 3, few_shot: 2}\n"  # int for float; 'or a hidden-state index'
+        "  02_internal_states: {probe_components: null, context: 64}\n"  # Optional[int]
+        "  04_phases: {threshold_following: 1, layer: 3, few_shot: 2}\n"  # int for float; Union[str, int]
         "  all: {seed: 3, device: cpu}\n"
     )
     cfg = load_run_config(path)
@@ -119,15 +119,14 @@ def test_annotated_parameter_types(annotation, accepted, rejected):
     assert not any(_has_type(v, types) for v in rejected)
 
 
-def test_unannotated_types_come_from_default_and_comment():
-    from triphase.runs.config import NoneType, _parameter_types
+def test_unannotated_types_come_from_the_default():
+    from triphase.runs.config import _parameter_types
 
-    def types(default, help_text=""):
-        return _parameter_types("x", {"inferred_type_name": "None", "default": default, "help": help_text})
+    def types(default):
+        return _parameter_types("x", {"inferred_type_name": "None", "default": default, "help": "an integer or None"})
 
     assert types("1000") == (int,)
     assert types("0.5") == (int, float)
-    assert types('"best"', "or a hidden-state index") == (str, int)
-    assert types("256", "(None: all dimensions)") == (int, NoneType)
+    assert types('"best"') == (str,)
     assert types("None") is None and types("np.inf") is None
     assert types("[0, 2]") == (list,)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import papermill
 import pytest
 
 from conftest import REPO_ROOT
@@ -55,3 +56,14 @@ def test_code_line_count_ignores_blanks_and_comments(tmp_path):
         {"cell_type": "code", "source": ["# a comment\n", "\n", "x = 1\n", "    # indented comment\n", "y = 2"]},
         {"cell_type": "markdown", "source": ["text = 3"]}]}))
     assert code_lines(path) == 2
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_parameter_is_annotated_so_types_are_checked(path):
+    cell = next(c for c in _code_cells(path) if "parameters" in c["metadata"].get("tags", []))
+    assigned = re.findall(r"(?m)^(\w+)\s*[:=]", "".join(cell["source"]))
+    declared = papermill.inspect_notebook(str(path))
+    # papermill's parser skips an assignment whose annotation it cannot read (e.g. `str | int`): none may be lost
+    assert sorted(declared) == sorted(assigned)
+    untyped = [name for name, info in declared.items() if info["inferred_type_name"] == "None"]
+    assert not untyped, f"{path.name}: parameters without a type annotation: {untyped}"

@@ -30,17 +30,16 @@ output : str
 Notebook parameters are checked when the configuration is loaded, before
 anything is trained: every name must be one the notebook declares, and every
 value must have the declared type. A parameter's type is its annotation in the
-notebook's ``parameters`` cell when it has one (``layer: str | int = "best"``,
-read by :func:`papermill.inspect_notebook`); otherwise the type of its default
-(an int is fine where a float is expected), widened by what the parameter's
-comment names: ``None`` allows None, ``integer``/``index`` an int, ``a list``
-a list. A default of ``None`` accepts any value. The run-level parameters the
-runner passes (``series``, ``checkpoints``, ...) take the types of the run fields.
+notebook's ``parameters`` cell (``layer: Union[str, int] = "best"``, read by
+:func:`papermill.inspect_notebook`, whose parser takes ``typing`` forms, not
+``str | int``); the book's notebooks annotate every parameter. An unannotated
+parameter takes the type of its default (an int is fine where a float is
+expected); a default of ``None`` accepts any value. The run-level parameters
+the runner passes (``series``, ``checkpoints``, ...) take the types of the run fields.
 """
 from __future__ import annotations
 
 import ast
-import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -273,7 +272,7 @@ def notebook_parameter_types(name: str, root: Path | None = None) -> dict:
     --------
     >>> types = notebook_parameter_types("01_brain_alignment")
     >>> types["n_perm"], types["context"], types["checkpoints"]
-    ((<class 'int'>,), None, (<class 'str'>, <class 'int'>, <class 'list'>))
+    ((<class 'int'>,), (<class 'NoneType'>, <class 'int'>), (<class 'str'>, <class 'int'>, <class 'list'>))
     """
     path = (root or book_root()) / "notebooks" / f"{name}.ipynb"
     return dict(_inspect(str(path), path.stat().st_mtime_ns))
@@ -305,13 +304,6 @@ def _parameter_types(name: str, info: dict):
         types = [list]
     if types == [float]:
         types = [int, float]
-    help_text = info.get("help") or ""
-    if re.search(r"\bNone\b", help_text):
-        types.append(NoneType)
-    if re.search(r"\b(integer|index|int)\b", help_text) and int not in types:
-        types.append(int)
-    if re.search(r"\ba list\b", help_text) and list not in types:
-        types.append(list)
     return tuple(types)
 
 
