@@ -24,7 +24,7 @@ from triphase.phases.synthesis import (  # noqa: E402
 )
 from triphase.plotting import tier_label  # noqa: E402
 from triphase.tasks.plots import plot_task_metrics  # noqa: E402
-from test_synthesis_notebook import DATASET, X, _write, brain_table, internal_table, tasks_table  # noqa: E402
+from test_synthesis_notebook import DATASET, X, internal_table, run_home, tasks_table  # noqa: E402,F401,F811 (run_home: a fixture)
 
 EMBEDDED = tier_label("embedded")
 REAL = tier_label("real")
@@ -97,13 +97,7 @@ def test_training_curve_and_task_metrics_carry_the_tier():
 
 
 @pytest.fixture()
-def records(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRIPHASE_HOME", str(tmp_path))
-    rng = np.random.default_rng(7)
-    _write(tmp_path, "synthetic-a", "sim01", "brain.parquet", brain_table("synthetic-a", "sim01", True, rng))
-    _write(tmp_path, "synthetic-a", "sim01", "tasks.parquet", tasks_table("synthetic-a"))
-    _write(tmp_path, "synthetic-a", "sim01", "internal.parquet", internal_table("synthetic-a", rng))
-    _write(tmp_path, "synthetic-b", "sim01", "brain.parquet", brain_table("synthetic-b", "sim01", False, rng))
+def records(run_home):
     models, _ = read_run_tables(["synthetic-a", "synthetic-b"], DATASET, ["sim01", "sim02"])
     for m in models:
         notes = prepare_model(m, "all", internal_measures=["cka_previous", "induction_score_max"])

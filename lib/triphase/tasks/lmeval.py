@@ -186,7 +186,7 @@ def write_lmeval_task(items: Sequence[TaskItem], prompts: Sequence[str], folder,
 
     Examples
     --------
-    >>> yaml_path = write_lmeval_task(items, prompts, "/tmp/lmeval_tasks")  # doctest: +SKIP
+    >>> yaml_path = write_lmeval_task(items, prompts, "lmeval_tasks")  # doctest: +SKIP
     """
 
 
