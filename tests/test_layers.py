@@ -14,8 +14,10 @@ from conftest import REPO_ROOT
 
 PACKAGE = REPO_ROOT / "lib" / "triphase"
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-#: Dependencies a module may import inside a function: optional extras, imported only when used.
+#: Dependencies a module may import inside a function: optional extras, imported only when used, and the
+#: heavy ones (seconds to import) that listing, checks and cached re-runs never need.
 OPTIONAL_DEPENDENCIES = {"lm_eval", "openneuro", "nltk"}
+HEAVY_DEPENDENCIES = {"torch", "transformers", "tokenizers"}
 #: cli.py defers its subcommands' imports (torch, papermill) so that `triphase --help` stays instant.
 DEFERRING_MODULES = {"cli.py"}
 
@@ -62,8 +64,12 @@ def _deferred_imports(path: Path) -> list[tuple[int, str, bool]]:
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Import, ast.ImportFrom)) and node.col_offset > 0:
             module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
-            nearby = lines[max(0, node.lineno - 3):node.lineno]
-            found.append((node.lineno, module or "", any("#" in text for text in nearby)))
+            # the reason: a comment on the import's line or on the line above its block of imports
+            above = node.lineno - 2
+            while above >= 0 and lines[above].strip().startswith(("import ", "from ")):
+                above -= 1
+            has_reason = "#" in lines[node.lineno - 1] or (above >= 0 and "#" in lines[above])
+            found.append((node.lineno, module or "", has_reason))
     return found
 
 
@@ -72,16 +78,24 @@ def test_imports_sit_at_module_tops():
     for path in sorted(PACKAGE.rglob("*.py")):
         rel = path.relative_to(PACKAGE).as_posix()
         for lineno, module, has_reason in _deferred_imports(path):
-            allowed = module.split(".")[0] in OPTIONAL_DEPENDENCIES or rel in DEFERRING_MODULES \
+            allowed = module.split(".")[0] in OPTIONAL_DEPENDENCIES | HEAVY_DEPENDENCIES or rel in DEFERRING_MODULES \
                 or (rel == "__init__.py" and module == "triphase")
             if not (allowed and has_reason):
                 offenders.append(f"{rel}:{lineno} imports {module} inside a function"
-                                 + ("" if allowed else " (not an optional dependency)")
+                                 + ("" if allowed else " (neither optional nor heavy)")
                                  + ("" if has_reason else " without a reason comment"))
     assert not offenders, "\n".join(offenders)
 
 
-def test_import_triphase_stays_light():
-    code = "import sys, triphase; print(sorted(m for m in ('torch', 'transformers', 'papermill') if m in sys.modules))"
+@pytest.mark.parametrize("module, absent", [
+    ("triphase", ("torch", "transformers", "papermill")),
+    # the configuration, the preflight and the series registry: `triphase check` and `triphase models`
+    ("triphase.runs.preflight", ("torch", "transformers")),
+    # the synthesis chapter only reads tables; the sweeps' cached re-runs load no weights
+    ("triphase.phases.synthesis", ("torch", "transformers")),
+    ("triphase.brain.sweep", ("torch", "transformers")),
+])
+def test_light_paths_do_not_import_torch(module, absent):
+    code = f"import sys, {module}; print(sorted(m for m in {absent!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -211,7 +211,6 @@ class EncodingModel:
 
 
 def _training_matrices(X_by_story, Y_by_story, train_stories, dtype):
-
     missing = [s for s in train_stories if s not in X_by_story or s not in Y_by_story]
     if missing:
         raise KeyError(f"training stories missing from X_by_story or Y_by_story: {missing}")
@@ -290,7 +289,6 @@ class LeaveStoriesOutRidgeCV:
         self.n_targets_batch = n_targets_batch
 
     def fit(self, X, Y):
-
         backend = get_backend()
         X = backend.asarray(X)
         Y = backend.asarray(Y)
@@ -397,7 +395,6 @@ class LeaveStoriesOutRidgeCV:
         return covariance / (denominator + ~valid) * valid
 
     def predict(self, X):
-
         backend = get_backend()
         prediction = backend.matmul(backend.asarray(X, dtype=self.coef_.dtype), self.coef_)
         if self.intercept_ is not None:

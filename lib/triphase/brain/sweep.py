@@ -39,7 +39,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from transformers import AutoConfig
 
 from triphase._home import cache_dir, results_dir
 from triphase._io import atomic_dir, atomic_path, stable_hash, write_parquet
@@ -247,6 +246,8 @@ def control_design(kind: str, data: BrainData, model_design: dict[str, np.ndarra
 def _resolve_context(checkpoint, context: int | None) -> int:
 
 
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    from transformers import AutoConfig
     ensure_available(checkpoint)
     config = AutoConfig.from_pretrained(checkpoint.source, **hub_load_kwargs(checkpoint))
     max_positions = getattr(config, "max_position_embeddings", None)
@@ -274,7 +275,6 @@ class _LazyModel:
 
     def release(self):
         if self.loaded is not None:
-
             model, _ = self.loaded
             self.loaded = None
             release(model)

@@ -182,7 +182,6 @@ class GenericDataset(Dataset):
             if path.suffix == ".npy":
                 counts[subject] = int(np.load(path, mmap_mode="r").shape[0])
             else:
-
                 with h5py.File(path, "r") as handle:
                     counts[subject] = int(handle[RESPONSE_KEY].shape[0])
         if not counts:

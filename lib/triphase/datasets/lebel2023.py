@@ -215,7 +215,6 @@ class LeBel2023(Dataset):
         return timings
 
     def responses(self, subject: str, story: str) -> np.ndarray:
-
         path = self._response_path(subject, story)
         if not path.exists():
             raise FileNotFoundError(f"{path} is missing; fetch it with "

@@ -397,7 +397,6 @@ class SimulatedParticipant(Dataset):
     # ------------------------------------------------------------ voxel space
     @cached_property
     def mask_img(self):
-
         return load_mni152_brain_mask(resolution=int(self.params["space"]["resolution_mm"]))
 
     @cached_property
@@ -532,7 +531,6 @@ class SimulatedParticipant(Dataset):
         return folder
 
     def _generate(self, subject: str, seed: int, folder: Path) -> None:
-
         p = self.params
         layout = self.layout
         n_voxels = self.n_voxels

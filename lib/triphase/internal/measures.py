@@ -490,7 +490,6 @@ def repeat_losses(token_losses, length: int) -> tuple[float, float]:
 
 # --------------------------------------------------------------------------- probes
 def _group_folds(groups, n_splits: int):
-
     groups = np.asarray(groups)
     n_groups = np.unique(groups).size
     if n_groups < 2:

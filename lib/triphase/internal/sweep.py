@@ -65,8 +65,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import torch
-from transformers import AutoConfig
 from wordfreq import zipf_frequency
 
 from triphase._home import cache_dir, results_dir
@@ -324,6 +322,8 @@ def text_pass(model, tokenizer, text: TextSet, context: int, layers: Sequence[in
     token in the same window, so each target is scored exactly once. The
     entropy of block ``b`` head ``h`` is the mean over served query rows.
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
 
     if attention:
@@ -338,7 +338,6 @@ def text_pass(model, tokenizer, text: TextSet, context: int, layers: Sequence[in
     word_offset = 0
     iterator = list(zip(text.stories, text.words))
     if progress:
-
         iterator = tqdm(iterator, desc=f"{text.name} stories", leave=False)
     with torch.inference_mode():
         for story, words in iterator:
@@ -422,6 +421,8 @@ def induction_pass(model, tokens: np.ndarray, batch_size: int = 16) -> Induction
     tokens : int array (n_sequences, 2 * length)
         From :func:`induction_tokens` / :func:`triphase.internal.measures.repeated_random_tokens`.
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
     use_eager_attention(model)
     tokens = np.asarray(tokens, dtype=np.int64)
@@ -534,7 +535,6 @@ def checkpoint_measures(model, tokenizer, ckpt, text: TextSet, other: TextSet | 
     labels = {name: values[keep] for name, values in text.labels.items()}
     iterator = list(enumerate(layer_index))
     if progress:
-
         iterator = tqdm(iterator, desc="layer measures", leave=False)
     for i, layer in iterator:
         x = main.states[i]
@@ -553,7 +553,6 @@ def checkpoint_measures(model, tokenizer, ckpt, text: TextSet, other: TextSet | 
 
 # --------------------------------------------------------------------------- cache
 def _cache_paths(ckpt, settings: dict) -> tuple:
-
     key = stable_hash({"version": INTERNAL_RESULTS_VERSION, "checkpoint": ckpt.to_dict(),
                        "model_config": model_config_hash(ckpt),
                        **{k: v for k, v in settings.items() if k != "subsample"},
@@ -687,6 +686,8 @@ def internal_states(
         measures, ``head = -1`` for measures that are not per head.
         ``attrs["seconds"]`` holds the wall time.
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    from transformers import AutoConfig
 
     started = time.perf_counter()
     series_obj = series if isinstance(series, CheckpointSeries) else get_series(series)
@@ -701,7 +702,6 @@ def internal_states(
     data = None
     if dataset is not None:
         if isinstance(dataset, str):
-
             data = get_dataset(dataset, **dict(dataset_options or {}))
         else:
             data = dataset
@@ -741,15 +741,12 @@ def internal_states(
         raise ValueError(f"the {text.name!r} text has only {len(settings['subsample'])} words for TwoNN/CKA")
 
     todo = list(chosen) + ([final] if final.name not in {c.name for c in chosen} else [])
-    if progress:
-
-        todo_iter = tqdm(todo, desc=f"internal states {series_obj.name}")
-    else:
-        todo_iter = todo
+    todo_iter = tqdm(todo, desc=f"internal states {series_obj.name}", unit="checkpoint", disable=not progress)
     frames, states_paths = [], {}
     chosen_names = {c.name for c in chosen}
     log = SweepLog("internal states")
     for ckpt in todo_iter:
+        todo_iter.set_postfix_str(ckpt.name)
         with log.skip_if_missing(ckpt, required=ckpt.name == final.name):  # CKA's reference cannot be skipped
             rows, path = cached_checkpoint(ckpt, text, other, settings, device, dtype)
             states_paths[ckpt.name] = path

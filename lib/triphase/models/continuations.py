@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import pandas as pd
-import torch
 
 from triphase.models.checkpoints import Checkpoint
 from triphase.models.loading import load_checkpoint, release
@@ -19,6 +18,8 @@ def greedy_continuations(checkpoints: Sequence[Checkpoint], prompt: str, max_new
 
     Returns a DataFrame with the join columns and ``prompt``, ``continuation``.
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
     rows = []
     for ckpt in checkpoints:

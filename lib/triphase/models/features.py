@@ -45,8 +45,6 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import torch
-from transformers import AutoConfig
 
 from triphase._home import cache_dir
 from triphase._io import atomic_path, stable_hash
@@ -245,6 +243,8 @@ def word_hidden_states(
     -------
     array (n_selected_layers, n_words, hidden_size), float32
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
     context = resolve_context(model, context)
     ids, last_token = tokenize_words(tokenizer, words, join)
@@ -262,7 +262,6 @@ def word_hidden_states(
             by_length.setdefault(w.stop - w.start, []).append(k)
     batches = [(length, ks[i:i + batch_size]) for length, ks in by_length.items() for i in range(0, len(ks), batch_size)]
     if progress:
-
         batches = tqdm(batches, desc="feature windows", leave=False)
     with torch.inference_mode():
         for length, ks in batches:
@@ -292,6 +291,8 @@ def tokens_processed(n_tokens: int, context: int) -> int:
 # --------------------------------------------------------------------------- cache
 def model_config_hash(checkpoint) -> str:
     """Hash of a checkpoint's model configuration, read without loading weights."""
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    from transformers import AutoConfig
 
 
     ensure_available(checkpoint)  # offline and not cached: CheckpointMissingError naming the fetch command

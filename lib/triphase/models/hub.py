@@ -374,7 +374,6 @@ def snapshot_fetch(repo_id: str, revisions: Sequence[str], cache_dir=None, max_w
     cache = str(cache_dir or hub_cache_dir())
     out = {}
     if progress:
-
         revisions = tqdm(list(revisions), desc=f"fetch {repo_id}", unit="revision")
     for rev in revisions:
         done = cached_snapshot(repo_id, rev, cache)

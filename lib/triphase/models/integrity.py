@@ -35,7 +35,6 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from triphase._home import cache_dir
 from triphase._io import stable_hash, write_json, write_parquet
@@ -190,6 +189,8 @@ def weight_fingerprint(model, n_tensors: int = FINGERPRINT_TENSORS, n_values: in
     -------
     str (16 hex characters)
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
     state = model.state_dict()
     names = [k for k, v in state.items() if torch.is_floating_point(v) and v.numel() > 0]
@@ -346,7 +347,6 @@ def iter_loaded(checkpoints: Iterable, device: str = "auto", dtype=None, skip_mi
 
     checkpoints = list(checkpoints)
     if progress:
-
         checkpoints = tqdm(checkpoints, desc="checkpoints", unit="checkpoint")
     for ckpt in checkpoints:
         try:
@@ -366,7 +366,6 @@ def iter_loaded(checkpoints: Iterable, device: str = "auto", dtype=None, skip_mi
 
 
 def _identity_path(checkpoint) -> Path:
-
     return cache_dir("identity") / checkpoint.series / f"{checkpoint.name}-{stable_hash(checkpoint.to_dict())}.json"
 
 

@@ -7,9 +7,6 @@ from __future__ import annotations
 
 import gc
 
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
-from transformers.utils import logging as transformers_logging
 
 from triphase.models.checkpoints import Checkpoint
 from triphase.models.hub import ensure_available, hub_load_kwargs
@@ -19,6 +16,8 @@ from triphase.models.hub import ensure_available, hub_load_kwargs
 
 def resolve_device(device: str = "auto") -> str:
     """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; other values pass through."""
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -27,6 +26,8 @@ def resolve_device(device: str = "auto") -> str:
 
 def resolve_dtype(dtype, device: str):
     """Default dtype: bfloat16 on GPU, float32 on CPU; strings like ``"bf16"`` accepted."""
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
     aliases = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "half": "float16"}
     if dtype is None or dtype == "auto":
@@ -52,6 +53,9 @@ def load_checkpoint(checkpoint: Checkpoint, device: str = "auto", dtype=None, **
     -------
     model, tokenizer
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
 
     # one "Loading weights" bar per checkpoint would bury the notebooks' own progress bars
@@ -69,6 +73,8 @@ def load_checkpoint(checkpoint: Checkpoint, device: str = "auto", dtype=None, **
 
 def release(model) -> None:
     """Free a model's memory before the next checkpoint is loaded."""
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
     del model
     gc.collect()

@@ -26,12 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
-from transformers.utils import logging as transformers_logging
 
 from triphase._home import cache_dir
 from triphase._io import atomic_dir, stable_hash, write_json, write_parquet
@@ -163,7 +159,9 @@ def run_dir(config) -> Path:
 
 # --------------------------------------------------------------------------- data
 def _build_tokenizer(documents: list[str], vocab_size: int):
-
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -249,7 +247,6 @@ def prepare_corpus(config, progress: bool = True) -> Path:
 
 # --------------------------------------------------------------------------- training
 def _progress(**kwargs):
-
     return tqdm(**kwargs)
 
 
@@ -259,6 +256,8 @@ def _quiet_save():
 
     The switch is global (transformers and huggingface_hub), so both states are restored afterwards.
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    from transformers.utils import logging as transformers_logging
     transformers_on = transformers_logging.is_progress_bar_enabled()
     hub_off = are_progress_bars_disabled()
     transformers_logging.disable_progress_bar()
@@ -283,7 +282,8 @@ def _lr_lambda(cfg: OrganismConfig):
 
 
 def _batch(tokens: np.ndarray, order: np.ndarray, step: int, cfg: OrganismConfig):
-
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
     n_seq = len(order)
     idx = order[(step * cfg.batch_size + np.arange(cfg.batch_size)) % n_seq]
     starts = idx * cfg.context_length
@@ -292,7 +292,8 @@ def _batch(tokens: np.ndarray, order: np.ndarray, step: int, cfg: OrganismConfig
 
 
 def _heldout_loss(model, heldout: np.ndarray, cfg: OrganismConfig) -> float:
-
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
     x = torch.from_numpy(heldout.astype(np.int64).reshape(cfg.heldout_sequences, cfg.context_length))
     model.eval()
     with torch.inference_mode():
@@ -302,7 +303,9 @@ def _heldout_loss(model, heldout: np.ndarray, cfg: OrganismConfig) -> float:
 
 
 def _new_model(cfg: OrganismConfig, tokenizer):
-
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
     eos = tokenizer.convert_tokens_to_ids(EOS_TOKEN)
     model_config = GPTNeoXConfig(
         vocab_size=len(tokenizer),
@@ -360,6 +363,9 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     >>> sorted(p.name for p in path.glob("step*"))[:3]  # doctest: +SKIP
     ['step0', 'step1', 'step16']
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
+    from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
     cfg = _as_config(config)
     path = run_dir(cfg)

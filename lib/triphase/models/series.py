@@ -77,7 +77,6 @@ def list_series() -> list[str]:
 
 
 def _organism_loader(name: str, spec: dict) -> CheckpointSeries:
-
     return organism_series(name, config=spec.get("config", "default"), description=spec.get("description", ""))
 
 
@@ -201,7 +200,6 @@ def organism_series(name: str = "organism", config="default", description: str =
 
 
 def _series(name, checkpoints, description, cfg):
-
     return CheckpointSeries(
         name=name, tier="embedded", checkpoints=checkpoints, description=description,
         info={"config_hash": cfg.hash, "tokens_per_step": cfg.tokens_per_step, "run_dir": str(run_dir(cfg)),

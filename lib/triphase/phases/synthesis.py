@@ -22,7 +22,8 @@ import pandas as pd
 
 from triphase._home import results_dir
 from triphase._io import write_parquet
-from triphase.brain.sweep import best_layers
+from triphase.brain.sweep import BRAIN_TABLE, best_layers
+from triphase.internal.sweep import INTERNAL_TABLE
 from triphase.models.checkpoints import Checkpoint, select_checkpoints
 from triphase.phases.boundaries import ACCURACY, BRAIN, INSTRUCTION, OVERALL_TASK, brain_curve, brain_phases
 from triphase.phases.piecewise import MIN_CURVE_POINTS, log_tokens
@@ -30,9 +31,10 @@ from triphase.phases.table import alignment_table
 from triphase.phases.text import describe_phases
 from triphase.plotting import tier_label
 from triphase.tasks.scoring import wilson_interval
+from triphase.tasks.sweep import RESULTS_FILE as TASKS_TABLE
 
 #: The table file of each perspective in a results folder.
-TABLE_FILES = {"brain": "brain.parquet", "internal": "internal.parquet", "tasks": "tasks.parquet"}
+TABLE_FILES = {"brain": BRAIN_TABLE, "internal": INTERNAL_TABLE, "tasks": TASKS_TABLE}
 #: The cross-perspective table written beside them.
 PHASES_FILE = "phases.parquet"
 #: brain.parquet's ci_low / ci_high are block-bootstrap intervals of this column only.

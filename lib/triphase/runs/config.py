@@ -190,7 +190,6 @@ def _validate(values: dict, source: str, root: Path | None = None) -> RunConfig:
 
 
 def _check_series(cfg: RunConfig) -> None:
-
     if not cfg.series:
         raise ConfigError(f"{cfg.source}: field 'series' is empty; presets: {', '.join(list_series())}")
     presets = list_series()
@@ -221,7 +220,6 @@ def _check_checkpoints(cfg: RunConfig) -> None:
 
 
 def _check_dataset(cfg: RunConfig) -> None:
-
     if cfg.dataset not in list_datasets():
         raise ConfigError(f"{cfg.source}: field 'dataset': unknown dataset {cfg.dataset!r}; "
                           f"allowed: {', '.join(list_datasets())}")

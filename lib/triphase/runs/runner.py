@@ -52,6 +52,7 @@ from triphase._home import data_home, results_dir
 from triphase._io import atomic_path, stable_hash
 from triphase.models.organism import train_organism
 from triphase.models.series import get_series, load_presets
+from triphase.phases.synthesis import TABLE_FILES
 from triphase.runs.config import load_run_config
 from triphase.runs.preflight import PreflightFailed, organism_trained, preflight
 from triphase.runs.template import book_root, notebook_parameters, source_notebooks
@@ -61,7 +62,6 @@ KERNEL_NAME = "triphase"
 NOTEBOOK_SCOPE = {"00_organism": "series", "04_phases": "synthesis"}
 DEFAULT_SCOPE = "subject"
 SYNTHESIS_FOLDER = "synthesis"
-RESULT_TABLES = ("brain.parquet", "internal.parquet", "tasks.parquet")
 METADATA_KEY = "triphase"
 INJECTED_TAG = "injected-parameters"
 PARAMETERS_TAG = "parameters"
@@ -120,7 +120,7 @@ class SweepProgress:
 
     Only progress bars counting checkpoints (``unit="checkpoint"`` or a
     description naming checkpoints) are followed; a line is logged when the
-    count or the checkpoint named in the bar's postfix changes.
+    checkpoint named in the bar's postfix changes (or, without a postfix, the count).
 
     Examples
     --------
@@ -128,6 +128,7 @@ class SweepProgress:
     >>> sp = SweepProgress(seen.append)
     >>> sp.write("\\rbrain alignment:   0%|          | 0/3 [00:00<?, ?checkpoint/s, step0 features]")
     >>> sp.write("\\rbrain alignment:   0%|          | 0/3 [00:01<?, ?checkpoint/s, step0 fitting]")
+    >>> sp.write("\\rbrain alignment:  33%|###3      | 1/3 [00:02<00:04, 2.0s/checkpoint, step0 fitting]")
     >>> sp.write("\\rbrain alignment:  33%|###3      | 1/3 [00:02<00:04, 2.0s/checkpoint, step60 features]\\n")
     >>> sp.write("\\rstories: 100%|##########| 8/8 [00:01<00:00, 8.0it/s]")
     >>> seen
@@ -150,7 +151,8 @@ class SweepProgress:
                 continue
             postfix = ", ".join(stats[2:])
             current = min(n + 1, total)
-            state = (current, postfix.split(" ", 1)[0] if postfix else "")
+            # a bar naming its checkpoint in the postfix counts it up before renaming it: follow the name
+            state = postfix.split(" ", 1)[0] if postfix else current
             if self.last.get(desc) == state:
                 continue
             self.last[desc] = state
@@ -392,7 +394,6 @@ def _retitle(notebook, suffix: str) -> None:
 
 
 def _series_inputs(series_spec) -> dict:
-
     series = get_series(series_spec)
     return {"series": series.name, "checkpoints": [c.name for c in series.checkpoints],
             "info": {k: v for k, v in series.info.items() if k in ("config_hash", "repo", "tokens_per_step")}}
@@ -480,7 +481,6 @@ def check_force(names, root: Path | None = None) -> None:
 
 
 def _jobs(cfg, scope: str) -> list[dict]:
-
     common = {"checkpoints": cfg.checkpoints, "device": cfg.device, "seed": cfg.seed,
               "dataset": cfg.dataset, "dataset_options": cfg.dataset_options}
     if scope == "synthesis":
@@ -488,7 +488,7 @@ def _jobs(cfg, scope: str) -> list[dict]:
         for series in cfg.series_names():
             for subject in cfg.subjects:
                 folder = results_dir(series, cfg.dataset, subject, create=False)
-                tables.update({f"{series}/{subject}/{t}": _file_hash(folder / t) for t in RESULT_TABLES})
+                tables.update({f"{series}/{subject}/{t}": _file_hash(folder / t) for t in TABLE_FILES.values()})
         return [{"folder": SYNTHESIS_FOLDER, "label": "all models",
                  "parameters": {**common, "series": cfg.series_names(), "subjects": list(cfg.subjects)},
                  "inputs": tables}]

@@ -18,7 +18,6 @@ import inspect
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from triphase._progress import tqdm
 
@@ -130,6 +129,8 @@ def greedy_generate(model, tokenizer, prompts: Sequence[str], max_new_tokens: in
     --------
     >>> answers = greedy_generate(model, tokenizer, ["Is the cat black? Answer:"])  # doctest: +SKIP
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -180,6 +181,8 @@ def _cache_argument(model) -> str:
 
 def _greedy_batch(model, tokenizer, input_ids, attention, max_new_tokens, stop, eos_id):
     """Greedy loop with a key-value cache; positions count real tokens only (left padding)."""
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
     batch = input_ids.shape[0]
     new_tokens: list[list[int]] = [[] for _ in range(batch)]
@@ -268,6 +271,8 @@ def option_loglikelihoods(model, tokenizer, contexts: Sequence[str], options: Se
     >>> ll = option_loglikelihoods(model, tok, ["Q? Answer:"], [["yes", "no"]])  # doctest: +SKIP
     >>> int(np.argmax(ll[0]))  # doctest: +SKIP
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
 
     if len(contexts) != len(options):
         raise ValueError(f"got {len(contexts)} contexts but {len(options)} option lists")

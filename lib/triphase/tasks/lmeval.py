@@ -44,7 +44,6 @@ from string import Template
 from typing import Sequence
 
 import pandas as pd
-import torch
 from scipy.stats import norm
 
 from triphase._home import cache_dir
@@ -297,6 +296,8 @@ def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dt
     -------
     DataFrame with the join columns and task, few_shot, metric, value, ci_low, ci_high, n_items.
     """
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
     # optional: lm-evaluation-harness is the `real` extra, needed only for hub models
     import lm_eval
     from lm_eval.tasks import TaskManager

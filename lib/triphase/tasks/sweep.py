@@ -227,7 +227,6 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
     few_shots = _few_shot_list(few_shot)
     log = SweepLog("downstream tasks")
     if kind == "lmeval":
-
         table = lmeval_sweep(chosen, names, device=device, dtype=dtype, num_fewshot=few_shots,
                              progress=progress, log=log, **(lmeval_options or {}))
         samples = None
