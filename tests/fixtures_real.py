@@ -3,6 +3,8 @@
 * :func:`write_hub_revision` - a Hugging Face hub cache as the hub lays it out:
   ``models--<org>--<name>/blobs/<sha256>``, ``snapshots/<commit>/<file>``
   (symlinks into blobs) and ``refs/<revision>`` holding the commit hash.
+* :func:`sharded_checkpoint_folder` - a sharded checkpoint's files (config,
+  weight index, shards) for the cache's completeness checks.
 * :func:`tiny_model_folder` - a small random GPTNeoX causal LM saved with
   ``save_pretrained`` plus a BPE tokenizer trained with ``tokenizers``.
 * :func:`write_lebel_story` - ds003020 files: ``derivative/respdict.json``,
@@ -98,6 +100,27 @@ def write_hub_revision(cache_dir, repo_id: str, revision: str, source_folder, co
     (repo / "refs").mkdir(parents=True, exist_ok=True)
     (repo / "refs" / revision).write_text(commit)
     return commit
+
+
+def sharded_checkpoint_folder(folder, n_shards: int = 2, kind: str = "safetensors") -> Path:
+    """A checkpoint folder as a sharded upload lays it out: ``config.json``, the weight index and its shards.
+
+    ``kind`` is ``"safetensors"`` (``model.safetensors.index.json``,
+    ``model-0000i-of-0000n.safetensors``) or ``"bin"`` (``pytorch_model.bin.index.json``,
+    ``pytorch_model-0000i-of-0000n.bin``). The shards hold distinct placeholder
+    bytes (enough for the cache's completeness check, not for loading).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stem, index_name = (("model", "model.safetensors.index.json") if kind == "safetensors"
+                        else ("pytorch_model", "pytorch_model.bin.index.json"))
+    shards = [f"{stem}-{i:05d}-of-{n_shards:05d}.{kind}" for i in range(1, n_shards + 1)]
+    weight_map = {f"layers.{i}.weight": shard for i, shard in enumerate(shards)}
+    (folder / "config.json").write_text(json.dumps({"model_type": "gpt_neox"}))
+    (folder / index_name).write_text(json.dumps({"metadata": {"total_size": 8 * n_shards}, "weight_map": weight_map}))
+    for shard in shards:
+        (folder / shard).write_bytes(shard.encode())
+    return folder
 
 
 # --------------------------------------------------------------------------- ds003020

@@ -22,6 +22,18 @@ TINY = {"series": ["organism-tiny"], "dataset_options": {"preset": "tiny"}, "not
         "device": "cpu"}
 
 
+@pytest.fixture(autouse=True)
+def restore_process_state(monkeypatch):
+    """main() sets TRIPHASE_HOME (--home) and configures the `triphase` logger: undo both after each test."""
+    monkeypatch.setenv("TRIPHASE_HOME", os.environ.get("TRIPHASE_HOME", ""))
+    logger = logging.getLogger(cli.LOGGER)
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
 def _write(tmp_path, values, name="run.yaml") -> Path:
     path = tmp_path / name
     path.write_text(values if isinstance(values, str) else yaml.safe_dump(values))

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
 import pytest
 import torch
-
 from fixtures_real import tiny_model, train_bpe_tokenizer
+
 from triphase.datasets import get_dataset
 from triphase.models.features import word_hidden_states
 
@@ -118,3 +119,44 @@ def test_sidecar_and_file_errors(tmp_path, japanese):
     np.save(japanese / "responses" / "sub01" / "story1.npy", np.zeros((12, 4, 1)))
     with pytest.raises(ValueError, match="2-D"):
         get_dataset("generic", root=japanese).responses("sub01", "story1")
+
+
+def _rewrite_keeping_size(path, write):
+    """Rewrite a file with other content of the same size; its mtime moves on (timestamps can be coarser
+    than the pace of a test, so it is set explicitly)."""
+    before = path.stat()
+    write(path)
+    assert path.stat().st_size == before.st_size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+
+
+def test_identity_changes_with_the_subjects_files_and_not_otherwise(japanese):
+    ds = get_dataset("generic", root=japanese)
+    first = ds.identity("sub01")
+    assert first["dataset"] == "jpstories" and first["subject"] == "sub01"
+    assert [entry[0] for entry in first["files"]] == [
+        "dataset.json", "responses/sub01/story1.npy", "responses/sub01/story2.npy", "responses/sub01/story3.npy",
+        "stimuli/story1_events.tsv", "stimuli/story2_events.tsv", "stimuli/story3_events.tsv"]
+    # reading the data, or opening the dataset again, changes nothing
+    ds.responses("sub01", "story1")
+    ds.word_timings("story2")
+    assert ds.identity("sub01") == first
+    assert get_dataset("generic", root=japanese).identity("sub01") == first
+    # a response file rewritten under the same root (same shape, same size)
+    response = japanese / "responses" / "sub01" / "story1.npy"
+    _rewrite_keeping_size(response, lambda p: np.save(p, np.ones((12, 4), dtype=np.float32)))
+    second = ds.identity("sub01")
+    assert second != first
+    assert [e for e in second["files"] if e not in first["files"]][0][0] == "responses/sub01/story1.npy"
+    # an events file rewritten, a repeats file added
+    events = japanese / "stimuli" / "story2_events.tsv"
+    _rewrite_keeping_size(events, lambda p: p.write_text(p.read_text(encoding="utf-8").replace("0.5", "0.4"),
+                                                         encoding="utf-8"))
+    third = ds.identity("sub01")
+    assert third != second
+    np.save(japanese / "responses" / "sub01" / "story3_repeats.npy", np.zeros((2, 12, 4), dtype=np.float32))
+    fourth = ds.identity("sub01")
+    assert fourth != third and "responses/sub01/story3_repeats.npy" in [e[0] for e in fourth["files"]]
+    # a file that is not the data's (a note beside the dataset) changes nothing
+    (japanese / "README.txt").write_text("notes")
+    assert ds.identity("sub01") == fourth

@@ -10,11 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures_real import (
+    ENGLISH_TEXT,
+    sharded_checkpoint_folder,
+    tiny_model_folder,
+    train_bpe_tokenizer,
+    write_hub_revision,
+)
 
-from fixtures_real import ENGLISH_TEXT, tiny_model_folder, train_bpe_tokenizer, write_hub_revision
 from triphase.models import hub, integrity
-from triphase.models.series import models_table
-from triphase.models.series import get_series
+from triphase.models.series import get_series, models_table
 
 REPO = "EleutherAI/pythia-14m"
 
@@ -100,9 +105,101 @@ def test_offline_missing_revision_error(tmp_path, monkeypatch):
         fetch_model("pythia-160m", ["step0"])
 
 
+def _snapshot(cache, revision):
+    repo = cache / "models--EleutherAI--pythia-14m"
+    return repo / "snapshots" / (repo / "refs" / revision).read_text()
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+def test_incomplete_sharded_checkpoint_is_not_a_cached_snapshot(tmp_path, monkeypatch, kind):
+    """Index present but a shard gone (file missing, or a snapshot link whose blob was deleted): missing offline."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hf" / "hub"
+    source = sharded_checkpoint_folder(tmp_path / "src", n_shards=3, kind=kind)
+    shard = sorted(p.name for p in source.glob(f"*-of-*.{kind}"))[1]
+    for rev in ("step0", "step1", "step2"):
+        write_hub_revision(cache, REPO, rev, source, commit=f"{int(rev[-1]) + 1:040x}")
+    ckpts = {c.name: c for c in get_series("pythia-14m").checkpoints}
+
+    # complete: the index and every shard it names
+    assert hub.cached_snapshot(REPO, "step0") == _snapshot(cache, "step0")
+    assert hub.missing_weight_files(_snapshot(cache, "step0")) == []
+    hub.ensure_available(ckpts["step0"])
+
+    # a shard's snapshot link removed (an interrupted download)
+    (_snapshot(cache, "step1") / shard).unlink()
+    assert hub.cached_snapshot(REPO, "step1") is None
+    with pytest.raises(hub.CheckpointMissingError, match=f"pythia-14m@step1 is incomplete .*lacks {shard}") as err:
+        hub.ensure_available(ckpts["step1"])
+    assert err.value.missing_files == [shard]
+    assert "triphase fetch model pythia-14m --checkpoints step1" in str(err.value)
+
+    # a dangling link: the snapshot file is there, its blob is not (step0 and step2 share the blobs)
+    link = _snapshot(cache, "step2") / shard
+    assert link.is_symlink()
+    os.unlink(link.resolve())
+    assert link.is_symlink() and not link.exists()
+    assert hub.cached_snapshot(REPO, "step2") is None
+    assert hub.cached_snapshot(REPO, "step0") is None  # its link dangles too now
+    with pytest.raises(hub.CheckpointMissingError, match="step2"):
+        hub.ensure_available(ckpts["step2"])
+
+    # the same checks on a plain copy (no blobs), and an unreadable index
+    write_hub_revision(cache, REPO, "step4", source, commit="4" * 40, use_blobs=False)
+    assert hub.cached_snapshot(REPO, "step4") == _snapshot(cache, "step4")
+    index = next(_snapshot(cache, "step4").glob("*.index.json"))
+    index.write_text("{not json")
+    assert hub.cached_snapshot(REPO, "step4") is None
+    assert hub.missing_weight_files(_snapshot(cache, "step4")) == [index.name]
+
+
+def test_single_file_weights_and_no_weights(tmp_path):
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    assert hub.missing_weight_files(folder) is None
+    (folder / "model.safetensors").write_bytes(b"x")
+    assert hub.missing_weight_files(folder) == []
+    os.symlink(tmp_path / "gone", folder / "pytorch_model.bin")  # a dangling extra file does not matter
+    assert hub.missing_weight_files(folder) == []
+    (folder / "model.safetensors").unlink()
+    assert hub.missing_weight_files(folder) is None
+
+
+def test_snapshot_fetch_refetches_an_incomplete_checkpoint(tmp_path, monkeypatch):
+    """Online: a complete cached revision is skipped; an incomplete one goes to snapshot_download again."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    cache = tmp_path / "hub"
+    source = sharded_checkpoint_folder(tmp_path / "src", n_shards=2)
+    for rev in ("step0", "step1"):
+        write_hub_revision(cache, REPO, rev, source, commit=f"{int(rev[-1]) + 1:040x}")
+    shard = sorted(p.name for p in source.glob("*-of-*.safetensors"))[0]
+    (_snapshot(cache, "step1") / shard).unlink()
+    calls = []
+
+    def fake_download(repo_id, revision, allow_patterns, cache_dir, max_workers):
+        # what the hub client does for a missing file: fetch it into the snapshot
+        calls.append((repo_id, revision))
+        write_hub_revision(cache_dir, repo_id, revision, source, commit=f"{int(revision[-1]) + 1:040x}")
+        return str(_snapshot(Path(cache_dir), revision))
+
+    monkeypatch.setattr(hub, "snapshot_download", fake_download)
+    out = hub.snapshot_fetch(REPO, ["step0", "step1"], cache_dir=cache, progress=False)
+    assert calls == [(REPO, "step1")]
+    assert out == {"step0": _snapshot(cache, "step0"), "step1": _snapshot(cache, "step1")}
+    assert hub.cached_snapshot(REPO, "step1", cache) is not None
+
+    # a download that stays incomplete is an error naming the shard, not a silent success
+    (_snapshot(cache, "step1") / shard).unlink()
+    monkeypatch.setattr(hub, "snapshot_download", lambda repo_id, revision, **kw: str(_snapshot(cache, revision)))
+    with pytest.raises(FileNotFoundError, match=f"step1: the download is incomplete.*{shard}"):
+        hub.snapshot_fetch(REPO, ["step1"], cache_dir=cache, progress=False)
+
+
 def test_fingerprint_is_dtype_stable_and_weight_sensitive():
     import torch
-
     from fixtures_real import tiny_model
 
     a, b = tiny_model(50, seed=0), tiny_model(50, seed=1)
@@ -267,3 +364,75 @@ def test_every_pipeline_skips_a_missing_branch_and_flags_duplicates(weight_folde
     # each pipeline warned once, by name
     assert len(result["warnings"]) == 3
     assert all("skipped checkpoint step16" in w for w in result["warnings"])
+
+
+FINAL_MISSING_SCRIPT = textwrap.dedent("""
+    import json, warnings
+    import numpy as np
+    import pandas as pd
+    from triphase import cache_dir, results_dir
+    from triphase.internal import measures
+    from triphase.internal.sweep import internal_states
+    from triphase.models.integrity import MissingCheckpointWarning, load_flags
+
+    chosen = ["step0", "step1", "step2", "step16", "step143000"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        table = internal_states("pythia-14m", checkpoints=chosen, dataset="simulated", subject="sim01",
+                                dataset_options={"preset": "tiny"}, n_stories=2, token_budget=64, probe_splits=2,
+                                induction_sequences=2, induction_length=8, device="cpu", progress=False)
+    folder = results_dir("pythia-14m", "simulated", "sim01")
+    cka = table.query("measure == 'cka_final'")
+    # CKA recomputed from the cached subsampled states, against each candidate reference
+    states = {name: np.load(next((cache_dir("internal") / "pythia-14m" / name).glob("states-*.npy"))).astype(float)
+              for name in ("step0", "step1", "step2")}
+    recomputed = {ref: {name: [measures.linear_cka(s[i], states[ref][i]) for i in range(len(s))]
+                        for name, s in states.items()} for ref in states}
+    print(json.dumps({
+        "checkpoints": sorted(table["checkpoint"].unique()),
+        "cka_final": {name: g.sort_values("layer")["value"].tolist() for name, g in cka.groupby("checkpoint")},
+        "recomputed": recomputed,
+        "integrity_flag": table.drop_duplicates("checkpoint").set_index("checkpoint")["integrity_flag"].to_dict(),
+        "on_disk": sorted(pd.read_parquet(folder / "internal.parquet")["checkpoint"].unique()),
+        "flags": load_flags(folder, "internal")[["checkpoint", "missing", "flag"]].to_dict(orient="records"),
+        "warnings": [str(w.message) for w in caught if issubclass(w.category, MissingCheckpointWarning)],
+    }))
+""")
+
+
+def test_internal_sweep_goes_on_when_the_final_checkpoint_is_missing(weight_folders, tmp_path):
+    """The final branch (step143000) missing: the last available checkpoint is CKA's reference, flagged by name."""
+    hf_home = tmp_path / "hf"
+    w0, w1, w2 = weight_folders
+    for rev, folder in {"step0": w0, "step1": w1, "step2": w2}.items():  # step16 and step143000 missing
+        write_hub_revision(hf_home / "hub", REPO, rev, folder)
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TRIPHASE_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-c", FINAL_MISSING_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    loaded = ["step0", "step1", "step2"]
+    assert result["checkpoints"] == result["on_disk"] == loaded
+
+    # the reference is step2, the last available checkpoint: CKA 1 to itself, and every value is CKA to step2
+    assert np.allclose(result["cka_final"]["step2"], 1.0, atol=1e-6)
+    for name in loaded:
+        np.testing.assert_allclose(result["cka_final"][name], result["recomputed"]["step2"][name], rtol=1e-9)
+        assert not np.allclose(result["recomputed"]["step1"][name], result["recomputed"]["step2"][name])
+    assert max(result["cka_final"]["step0"]) < 1 - 1e-3
+
+    # flagged by name: in the table (integrity_flag), the integrity file and a warning
+    note = ("cka_final reference: the final checkpoint step143000 is missing, so cka_final compares with step2 "
+            "(the last available checkpoint)")
+    assert result["integrity_flag"] == {"step0": "", "step1": "", "step2": note}
+    flags = {r["checkpoint"]: r for r in result["flags"]}
+    assert list(flags) == ["step0", "step1", "step2", "step16", "step143000"]
+    assert flags["step2"]["flag"] == note and not flags["step2"]["missing"]
+    assert flags["step143000"]["missing"]
+    assert "triphase fetch model pythia-14m --checkpoints step143000" in flags["step143000"]["flag"]
+    warned = result["warnings"]
+    assert sum("skipped checkpoint step143000" in w for w in warned) == 1
+    assert sum("skipped checkpoint step16" in w for w in warned) == 1
+    assert any("final checkpoint step143000 is missing; cka_final compares with step2" in w for w in warned)

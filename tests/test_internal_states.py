@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from triphase.internal import measures as internal, sweep as ist
+from triphase.internal import measures as internal
+from triphase.internal import sweep as ist
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +210,26 @@ def test_pipeline_rejects_bad_parameters(tiny_organism):
         ist.internal_states(tiny_organism, layers=[7], **SMALL)
     with pytest.raises(ValueError, match="induction_length"):
         ist.internal_states(tiny_organism, **{**SMALL, "induction_length": 1000})
+
+
+def test_cka_reference_is_the_final_checkpoint_else_the_last_available(tiny_organism):
+    from triphase.models.integrity import MissingCheckpointWarning, SweepLog
+
+    todo = list(tiny_organism.checkpoints)
+    final = tiny_organism.final
+    log = SweepLog("internal states")
+    assert ist.cka_reference(todo, final, log) is final  # nothing skipped: the final checkpoint, no warning
+    with pytest.warns(MissingCheckpointWarning, match=f"skipped checkpoint {final.name}"):
+        log.skip(final, "missing: gone")
+    with pytest.warns(MissingCheckpointWarning, match=f"final checkpoint {final.name} is missing; cka_final "
+                                                      f"compares with {todo[-2].name}"):
+        assert ist.cka_reference(todo, final, log) is todo[-2]
+    flags = pd.DataFrame({"checkpoint": [c.name for c in todo[-2:]], "flag": ["identical weights to x", ""]})
+    flagged = ist.flag_cka_reference(flags, todo[-2], final)
+    assert flagged["flag"].tolist() == [
+        f"identical weights to x; cka_final reference: the final checkpoint {final.name} is missing, so cka_final "
+        f"compares with {todo[-2].name} (the last available checkpoint)", ""]
+    assert flags["flag"].tolist() == ["identical weights to x", ""]  # the caller's frame is untouched
 
 
 # --------------------------------------------------------------------------- slow: organism and notebook

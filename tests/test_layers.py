@@ -57,12 +57,14 @@ def test_contract_breaks_on_a_planted_violation(tmp_path, module, line, contract
 
 
 def _deferred_imports(path: Path) -> list[tuple[int, str, bool]]:
-    """(line, module, has a reason comment) of every import inside a function or class body."""
+    """(line, module, has a reason comment) of every import inside a function body."""
     source = path.read_text()
     lines = source.splitlines()
     found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, (ast.Import, ast.ImportFrom)) and node.col_offset > 0:
+    functions = [n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    inside = {id(node): node for f in functions for node in ast.walk(f)}
+    for node in inside.values():
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
             module = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
             # the reason: a comment on the import's line or on the line above its block of imports
             above = node.lineno - 2

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
 import pytest
+from fixtures_real import long_textgrid, write_ds003020, write_lebel_story
 
-from fixtures_real import long_textgrid, planted_word_rate, speech_intervals, write_ds003020, write_lebel_story
+from triphase.brain.timeseries import story_design
 from triphase.datasets import get_dataset
 from triphase.datasets.lebel2023 import LeBel2023, simulated_tr_times
 from triphase.datasets.textgrid import TextGridError, format_textgrid, parse_textgrid, read_textgrid
-from triphase.brain.timeseries import story_design
 
 TR = 2.0
 DELAY_TRS = 2
@@ -170,3 +171,39 @@ def test_brain_data_accepts_the_adapter(ds003020):
     assert data.test == ["wheretheressmoke"]
     assert data.responses["souls"].shape == (truth["souls"][1] - 20, 2)
     assert data.regions is None
+
+
+def test_identity_changes_with_the_subjects_files_and_not_otherwise(ds003020):
+    root, _ = ds003020
+    ds = LeBel2023(root)
+    first = ds.identity("UTS03")
+    names = [entry[0] for entry in first["files"]]
+    assert names == ["derivative/TextGrids/alternateithicatom.TextGrid", "derivative/TextGrids/souls.TextGrid",
+                     "derivative/TextGrids/wheretheressmoke.TextGrid",
+                     "derivative/preprocessed_data/UTS03/alternateithicatom.hf5",
+                     "derivative/preprocessed_data/UTS03/souls.hf5",
+                     "derivative/preprocessed_data/UTS03/wheretheressmoke.hf5", "derivative/respdict.json"]
+    ds.responses("UTS03", "souls")  # reading changes nothing
+    assert LeBel2023(root).identity("UTS03") == first
+    # another subject's file rewritten: not UTS03's data
+    other = root / "derivative" / "preprocessed_data" / "UTS01" / "souls.hf5"
+    stat = other.stat()
+    os.utime(other, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert ds.identity("UTS03") == first
+    # one of UTS03's response files replaced under the same root
+    path = root / "derivative" / "preprocessed_data" / "UTS03" / "souls.hf5"
+    with h5py.File(path, "r") as handle:
+        data = handle["data"][...]
+    stat = path.stat()
+    with h5py.File(path, "w") as handle:
+        handle.create_dataset("data", data=data[::-1])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # timestamps may be coarser than the test
+    changed = ds.identity("UTS03")
+    assert changed != first
+    assert [e[0] for e in changed["files"] if e not in first["files"]] == ["derivative/preprocessed_data/UTS03/souls.hf5"]
+    # a TextGrid rewritten
+    grid = root / "derivative" / "TextGrids" / "souls.TextGrid"
+    stat = grid.stat()
+    grid.write_bytes(grid.read_bytes())
+    os.utime(grid, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert ds.identity("UTS03") != changed

@@ -1,13 +1,20 @@
 """The runner: papermill execution into the book tree, caching, failures, the book build."""
+import json
+import os
 import shutil
 
 import nbformat
+import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
+from triphase._home import data_home, results_dir
+from triphase.runs.config import load_run_config
 from triphase.runs.runner import (
     NotebookFailed,
     SweepProgress,
+    _jobs,
+    _rerun_reason,
     collapse_progress_output,
     execute_notebook,
     fold_injected_parameters,
@@ -69,8 +76,8 @@ def test_run_executes_once_then_reuses_and_force_reruns(tiny_organism, book_copy
     tags = [c.metadata.get("tags", []) for c in nb.cells]
     assert sum("parameters" in t for t in tags) == 1 and not any("injected-parameters" in t for t in tags)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    assert "max_new_tokens = 5" in params.source and "n_sample_checkpoints = 2" in params.source
-    assert 'checkpoints = ["step0", "step20", "step60"]' in params.source
+    assert "max_new_tokens: int = 5" in params.source and "n_sample_checkpoints: int = 2" in params.source
+    assert 'checkpoints: Union[str, int, list] = ["step0", "step20", "step60"]' in params.source
     assert params.source.startswith("# values set by this run (papermill): ")
     # the list parameter arrived as a list, not a string
     assert nb.metadata["triphase"]["parameters"]["checkpoints"] == ["step0", "step20", "step60"]
@@ -175,3 +182,144 @@ def test_sweep_progress_names_the_checkpoint_once_per_change():
     progress.write("plain text\n")
     assert seen == ["downstream tasks: checkpoint 1/2", "downstream tasks: checkpoint 2/2",
                     "checkpoints: checkpoint 2/2"]
+
+
+# --------------------------------------------------------------------------- what re-runs a notebook
+STUB_PARAMETERS = '''series: Union[str, dict] = "x"
+checkpoints: Union[str, int, list] = "all"
+dataset: str = "generic"
+subject: str = "sub01"
+dataset_options: dict = {}
+device: str = "cpu"
+seed: int = 0'''
+STUB_SERIES = {"name": "stub", "repo": "org/stub", "revisions": ["step0", "step10"], "tokens_per_step": 100}
+
+
+@pytest.fixture
+def stub_book(tmp_path, fresh_home, monkeypatch):
+    """A book root whose 01_brain_alignment is a stub writing brain.parquet, a generic dataset and a run config."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    root = tmp_path / "stubbook"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "_toc.yml").write_text("format: jb-book\nroot: notebooks/01_brain_alignment\n")
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("# Stub"),
+        nbformat.v4.new_code_cell("from typing import Union"),
+        nbformat.v4.new_code_cell(STUB_PARAMETERS, metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("import triphase\n"
+                                  "name = series if isinstance(series, str) else series['name']\n"
+                                  "(triphase.results_dir(name, dataset, subject) / 'brain.parquet').write_text('t')"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, root / "notebooks" / "01_brain_alignment.ipynb")
+    data = tmp_path / "lab"
+    (data / "stimuli").mkdir(parents=True)
+    (data / "responses" / "sub01").mkdir(parents=True)
+    (data / "dataset.json").write_text(json.dumps({"tr": 2.0, "split": {"test": ["b"]}}))
+    for story in ("a", "b"):
+        (data / "stimuli" / f"{story}_events.tsv").write_text("onset\tduration\tword\n1.0\t0.5\thello\n")
+        np.save(data / "responses" / "sub01" / f"{story}.npy", np.zeros((4, 3), dtype=np.float32))
+    config = {"series": [STUB_SERIES], "dataset": "generic", "subjects": ["sub01"],
+              "dataset_options": {"root": str(data)}, "notebooks": ["01_brain_alignment"], "device": "cpu"}
+    return root, data, config
+
+
+def _run_stub(root, config, caplog):
+    caplog.clear()
+    with caplog.at_level("INFO", logger="triphase"):
+        report = run(config, root=root, build=False, progress=False, check=False)
+    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("[1/1] 01_brain_alignment"))
+    return report, line
+
+
+STUB = "[1/1] 01_brain_alignment (stub, generic sub01)"
+
+
+def test_unchanged_inputs_are_reused_and_a_deleted_results_table_reruns(stub_book, fresh_home, caplog):
+    root, _, config = stub_book
+    table = fresh_home / "results" / "stub" / "generic-sub01" / "brain.parquet"
+    report, line = _run_stub(root, config, caplog)
+    assert report.executed == ["stub/generic-sub01/01_brain_alignment"] and line == f"{STUB} ..."
+    assert table.exists()
+    executed = root / "book" / "executed" / "stub" / "generic-sub01" / "01_brain_alignment.ipynb"
+    assert nbformat.read(executed, as_version=4).metadata["triphase"]["tables"] == [
+        "results/stub/generic-sub01/brain.parquet"]  # relative to the data home: no machine path in the book
+    report, line = _run_stub(root, config, caplog)
+    assert report.skipped == ["stub/generic-sub01/01_brain_alignment"] and line == f"{STUB} reused (inputs unchanged)"
+    shutil.rmtree(fresh_home / "results")
+    report, line = _run_stub(root, config, caplog)
+    assert report.executed == ["stub/generic-sub01/01_brain_alignment"]
+    assert line == f"{STUB} ... (tables missing: results/stub/generic-sub01/brain.parquet)"
+    assert table.exists()
+    report, line = _run_stub(root, config, caplog)
+    assert report.executed == [] and line.endswith("reused (inputs unchanged)")
+
+
+def test_a_new_data_home_or_changed_dataset_files_rerun(stub_book, tmp_path, monkeypatch, caplog):
+    root, data, config = stub_book
+    assert _run_stub(root, config, caplog)[0].executed
+    # a dataset file replaced under the same root (same size; timestamps may be coarser than the test's pace)
+    path = data / "responses" / "sub01" / "a.npy"
+    before = path.stat()
+    np.save(path, np.ones((4, 3), dtype=np.float32))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    report, line = _run_stub(root, config, caplog)
+    assert report.executed and line == f"{STUB} ... (inputs changed)"
+    # a new data home: the notebook runs again and writes its table there
+    home = tmp_path / "second_home"
+    monkeypatch.setenv("TRIPHASE_HOME", str(home))
+    report, line = _run_stub(root, config, caplog)
+    assert report.executed and line == f"{STUB} ... (inputs changed)"
+    assert (home / "results" / "stub" / "generic-sub01" / "brain.parquet").exists()
+    assert _run_stub(root, config, caplog)[0].skipped
+
+
+def test_job_inputs_hold_the_data_identity_and_the_cached_hub_commits(stub_book, tmp_path):
+    root, data, config = stub_book
+    cfg = load_run_config(config, root=root)
+    declared = notebook_parameters("01_brain_alignment", root)
+    (job,) = _jobs(cfg, "subject", "01_brain_alignment", declared)
+    assert job["tables"] == [results_dir("stub", "generic", "sub01", create=False) / "brain.parquet"]
+    inputs = job["inputs"]()
+    assert inputs["commits"] == {"step0": None, "step10": None}  # not cached
+    assert [e[0] for e in inputs["data"]["files"]][0] == "dataset.json"
+    # the revision step10 resolves to a commit in the local cache
+    refs = tmp_path / "hub" / "models--org--stub" / "refs"
+    refs.mkdir(parents=True)
+    (refs / "step10").write_text("a" * 40)
+    assert job["inputs"]()["commits"] == {"step0": None, "step10": "a" * 40}
+    (refs / "step10").write_text("b" * 40)
+    assert job["inputs"]()["commits"]["step10"] == "b" * 40
+    # a per-subject notebook that does not open the dataset (no dataset_options) is not keyed by its data
+    (tasks_job,) = _jobs(cfg, "subject", "03_downstream_tasks", {"series", "dataset", "subject"})
+    assert "data" not in tasks_job["inputs"]() and [t.name for t in tasks_job["tables"]] == [
+        "tasks.parquet", "tasks_samples.parquet"]
+    (organism_job,) = _jobs(cfg, "series", "00_organism", {"series"})
+    assert organism_job["tables"] == [] and "data" not in organism_job["inputs"]()
+    (synthesis,) = _jobs(cfg, "synthesis", "04_phases")
+    assert synthesis["tables"] == [results_dir("stub", "generic", "sub01", create=False) / "phases.parquet"]
+
+
+def test_the_tables_checked_are_those_the_executed_copy_recorded(tmp_path, fresh_home):
+    out = tmp_path / "nb.ipynb"
+    table = data_home() / "results" / "s" / "d-x" / "phases.parquet"
+
+    def executed(**meta):
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["triphase"] = {"input_key": "k", **meta}
+        nbformat.write(nb, out)
+
+    home = data_home()
+    assert _rerun_reason(out, "k", [table], home, False) == ""  # not there yet
+    executed(tables=[])  # it wrote none of them (e.g. no phases to tabulate): not re-run for them
+    assert _rerun_reason(out, "k", [table], home, False) is None
+    assert _rerun_reason(out, "other", [table], home, False) == "inputs changed"
+    assert _rerun_reason(out, "k", [table], home, True) == "forced"
+    executed(tables=["results/s/d-x/phases.parquet"])
+    assert _rerun_reason(out, "k", [table], home, False) == "tables missing: results/s/d-x/phases.parquet"
+    table.parent.mkdir(parents=True)
+    table.write_text("t")
+    assert _rerun_reason(out, "k", [table], home, False) is None
+    executed()  # written before tables were recorded: the expected ones are checked
+    assert _rerun_reason(out, "k", [table, table.with_name("other.parquet")], home, False) == (
+        "tables missing: results/s/d-x/other.parquet")

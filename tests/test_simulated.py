@@ -6,11 +6,17 @@ import copy
 import numpy as np
 import pytest
 
-from triphase.brain.sweep import BrainData, evaluate_design
 from triphase.brain.statistics import noise_ceiling
-from triphase.datasets import get_dataset
-from triphase.datasets.simulated import NO_REGION, SimulatedParticipant, leaky_integrate, load_participant_params, participant_presets
+from triphase.brain.sweep import BrainData, evaluate_design
 from triphase.brain.timeseries import story_design
+from triphase.datasets import get_dataset
+from triphase.datasets.simulated import (
+    NO_REGION,
+    SimulatedParticipant,
+    leaky_integrate,
+    load_participant_params,
+    participant_presets,
+)
 
 SUBJECT = "sim01"
 
@@ -78,7 +84,7 @@ def test_shapes_rows_and_repeats_agree(participant):
 
 def test_timing_model_speaking_rate_length_and_pauses(participant):
     ds = participant
-    rates, corr, pause, gap = [], [], [], []
+    corr, pause, gap = [], [], []
     for story in ds.stimuli.values():
         t = story.timings
         duration = t.offsets - t.onsets
@@ -202,3 +208,17 @@ def test_bad_input_is_named(participant):
     bad["stimuli"]["n_test_repeats"] = 1
     with pytest.raises(ValueError, match="n_test_repeats"):
         SimulatedParticipant(bad)
+
+
+def test_identity_is_the_generator_not_the_files(fresh_home):
+    ds = SimulatedParticipant(small_params())
+    first = ds.identity(SUBJECT)
+    assert "stimuli" not in ds.__dict__  # cheap: no stimulus is built, nothing generated
+    assert not (fresh_home / "datasets" / "simulated").exists()
+    assert SimulatedParticipant(small_params()).identity(SUBJECT) == first
+    assert first["generator_version"] >= 1 and first["seed"] == small_params()["subjects"][SUBJECT]
+    other = next(s for s in ds.subjects if s != SUBJECT)
+    assert ds.identity(other) != first
+    assert SimulatedParticipant(small_params(n_test_repeats=3)).identity(SUBJECT) != first
+    with pytest.raises(ValueError, match="unknown subject"):
+        ds.identity("nobody")

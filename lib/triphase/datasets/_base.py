@@ -9,7 +9,9 @@ it, so feature and encoding code never needs to know which one it talks to.
 from __future__ import annotations
 
 import abc
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,8 +120,50 @@ class Dataset(abc.ABC):
         """The story as one string (words joined by spaces unless overridden)."""
         return " ".join(self.word_timings(story).words)
 
+    def identity(self, subject: str) -> dict:
+        """What a subject's data are, cheaply: it changes when the data change and not otherwise.
+
+        A result computed from the subject's data (an executed notebook, a
+        cached table) is keyed by it. An adapter reading files lists the files
+        the subject's data come from (:func:`file_identity`: relative path,
+        size, modification time, nothing read); a generated dataset gives what
+        generates it. This default knows only the adapter's name: adapters with
+        data override it.
+        """
+        return {"dataset": self.name, "subject": subject}
+
     def check_subject(self, subject: str) -> None:
         if subject not in self.subjects:
             raise ValueError(
                 f"unknown subject {subject!r} for dataset {self.name!r}; available: {', '.join(self.subjects)}"
             )
+
+
+def file_identity(root, paths) -> list[list]:
+    """``[relative path, size, mtime_ns]`` of each file, sorted; ``[path, None, None]`` for a missing one.
+
+    A cheap identity of files (nothing is read): a file rewritten, replaced,
+    added or removed changes it. Paths outside ``root`` keep their absolute form.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> root = Path(tempfile.mkdtemp())
+    >>> _ = (root / "a.txt").write_text("abc")
+    >>> [entry[:2] for entry in file_identity(root, [root / "a.txt", root / "b.txt"])]
+    [['a.txt', 3], ['b.txt', None]]
+    """
+    root = Path(root)
+    entries = []
+    for path in {Path(p) for p in paths}:
+        try:
+            name = path.relative_to(root).as_posix()
+        except ValueError:
+            name = path.as_posix()
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            entries.append([name, None, None])
+            continue
+        entries.append([name, stat.st_size, stat.st_mtime_ns])
+    return sorted(entries, key=lambda entry: entry[0])

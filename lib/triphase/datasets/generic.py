@@ -42,7 +42,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from triphase.datasets._base import Dataset, VoxelSpace, WordTimings
+from triphase.datasets._base import Dataset, VoxelSpace, WordTimings, file_identity
 
 SIDECAR = "dataset.json"
 EVENTS_SUFFIX = "_events.tsv"
@@ -245,6 +245,17 @@ class GenericDataset(Dataset):
 
     def story_text(self, story: str) -> str:
         return self.word_join.join(self.word_timings(story).words)
+
+    def identity(self, subject: str) -> dict:
+        """The files the subject's data come from: the sidecar, its stories' events and its response files.
+
+        Relative path, size and modification time of each (nothing is read).
+        """
+        stories = self.stories(subject)
+        folder = self.root / "responses" / subject
+        files = ([self.root / SIDECAR] + [self.root / "stimuli" / f"{story}{EVENTS_SUFFIX}" for story in stories]
+                 + [p for p in folder.iterdir() if p.is_file() and p.suffix in (".npy", ".hf5", ".h5")])
+        return {"dataset": self.name, "subject": subject, "files": file_identity(self.root, files)}
 
     def voxel_space(self, subject: str) -> VoxelSpace:
         return VoxelSpace(mask_img=None, reason=f"generic dataset {self.name!r} gives no voxel space (no mask or affine)")

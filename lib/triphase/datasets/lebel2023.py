@@ -44,7 +44,7 @@ import h5py
 import numpy as np
 
 from triphase._home import cache_dir
-from triphase.datasets._base import Dataset, VoxelSpace, WordTimings
+from triphase.datasets._base import Dataset, VoxelSpace, WordTimings, file_identity
 from triphase.datasets.textgrid import read_textgrid
 
 DATASET_ID = "ds003020"
@@ -233,6 +233,18 @@ class LeBel2023(Dataset):
                 f"= N - 20); the files disagree"
             )
         return data
+
+    def identity(self, subject: str) -> dict:
+        """The files the subject's data come from (``respdict.json``, its stories' TextGrids and responses).
+
+        Relative path, size and modification time of each (nothing is read), and the reading options.
+        """
+        stories = self.stories(subject)
+        files = ([self.derivative / "respdict.json"]
+                 + [self.derivative / "TextGrids" / f"{story}.TextGrid" for story in stories]
+                 + [self._response_path(subject, story) for story in stories])
+        return {"dataset": self.name, "subject": subject, "lowercase": self.lowercase,
+                "test_stories": list(self.test_stories), "files": file_identity(self.root, files)}
 
     def voxel_space(self, subject: str) -> VoxelSpace:
         return VoxelSpace(

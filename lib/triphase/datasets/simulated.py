@@ -330,6 +330,15 @@ class SimulatedParticipant(Dataset):
     def folder(self) -> Path:
         return cache_dir("datasets") / "simulated" / self.fingerprint
 
+    def identity(self, subject: str) -> dict:
+        """What generates the subject's data: the parameters' hash, the generator version and the subject's seed.
+
+        Cheap (no stimulus is built): the responses on disk follow from these
+        (and from the library's code, which keys a notebook's result anyway).
+        """
+        return {"dataset": self.name, "subject": subject, "params": stable_hash(self.params),
+                "generator_version": GENERATOR_VERSION, "seed": self._subject_seed(subject)}
+
     # ------------------------------------------------------------ Dataset interface
     @property
     def subjects(self) -> list[str]:

@@ -59,6 +59,7 @@ Examples
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Sequence
@@ -75,7 +76,15 @@ from triphase.internal import measures as internal
 from triphase.models.checkpoints import select_checkpoints
 from triphase.models.features import model_config_hash, plan_windows, resolve_context, tokenize_words
 from triphase.models.hub import ensure_available, hub_load_kwargs
-from triphase.models.integrity import SweepLog, attach_identity, checkpoint_flags, remember_identity, write_flags
+from triphase.models.integrity import (
+    MissingCheckpointWarning,
+    SweepLog,
+    attach_identity,
+    checkpoint_flags,
+    missing_reason,
+    remember_identity,
+    write_flags,
+)
 from triphase.models.loading import load_checkpoint, release
 from triphase.models.series import CheckpointSeries, get_series
 from triphase.models.storyworld import stimulus_stories
@@ -118,7 +127,8 @@ MEASURES = {
     "n_components_90": ("layer", "principal components needed for 90% of the variance"),
     "anisotropy": ("layer", "mean pairwise cosine similarity of word representations"),
     "mean_norm": ("layer", "mean Euclidean norm of word representations"),
-    "cka_final": ("layer", "linear CKA to the same layer of the series' final checkpoint"),
+    "cka_final": ("layer", "linear CKA to the same layer of the series' final checkpoint (if that is missing: of "
+                           "the last available one, named in integrity_flag)"),
     "cka_previous": ("layer", "linear CKA to the same layer of the previous chosen checkpoint"),
     "attention_entropy": ("layer / head", "mean attention entropy (nats); head -1 = mean over heads"),
     "induction_score": ("head", "prefix-matching score on repeated random tokens"),
@@ -585,17 +595,20 @@ def cached_checkpoint(ckpt, text: TextSet, other: TextSet | None, settings: dict
 
 
 def cka_rows(checkpoints, states_paths: dict, final, layer_index: Sequence[int]) -> list[dict]:
-    """CKA of each chosen checkpoint to the final one and to the previous chosen one, per layer.
+    """CKA of each chosen checkpoint to the reference and to the previous chosen one, per layer.
 
-    Holds at most three subsamples: the final checkpoint's, the previous and the current.
+    ``final`` is the reference of ``cka_final``: the series' final checkpoint,
+    or the last available one when that is missing (:func:`cka_reference`).
+    Holds at most three subsamples: the reference's, the previous and the current.
     """
     final_states = np.load(states_paths[final.name]).astype(np.float64)
     rows, previous = [], None
     for ckpt in checkpoints:
         current = np.load(states_paths[ckpt.name]).astype(np.float64)
         if current.shape != final_states.shape:
-            raise ValueError(f"subsampled states of {ckpt.name} have shape {current.shape}, the final checkpoint's "
-                             f"{final_states.shape}: checkpoints of one series must share hidden size and text")
+            raise ValueError(f"subsampled states of {ckpt.name} have shape {current.shape}, the CKA reference "
+                             f"{final.name}'s {final_states.shape}: checkpoints of one series must share hidden "
+                             "size and text")
         for i, layer in enumerate(layer_index):
             values = {"cka_final": internal.linear_cka(current[i], final_states[i])}
             if previous is not None:
@@ -603,6 +616,58 @@ def cka_rows(checkpoints, states_paths: dict, final, layer_index: Sequence[int])
             rows += _rows(ckpt, values, layer)
         previous = current
     return rows
+
+
+def cka_reference(todo, final, log: SweepLog):
+    """The reference of ``cka_final``: the final checkpoint, else the last one of ``todo`` that was not skipped.
+
+    A missing final checkpoint is reported (a :class:`~triphase.models.integrity.MissingCheckpointWarning`
+    naming both) and the sweep goes on with the last available checkpoint.
+    """
+    if final.name not in log.skipped:
+        return final
+    available = [c for c in todo if c.name not in log.skipped]
+    if not available:
+        raise FileNotFoundError(f"{log.what}: every checkpoint is missing: "
+                                + "; ".join(f"{k}: {v}" for k, v in log.skipped.items()))
+    reference = max(available, key=lambda c: c.step)
+    warnings.warn(f"{log.what}: the final checkpoint {final.name} is missing; cka_final compares with "
+                  f"{reference.name}, the last available checkpoint", MissingCheckpointWarning, stacklevel=3)
+    return reference
+
+
+def flag_cka_reference(flags: pd.DataFrame, reference, final) -> pd.DataFrame:
+    """``flags`` with the stand-in CKA reference flagged by name (its row's ``flag``, hence ``integrity_flag``).
+
+    Examples
+    --------
+    >>> flags = pd.DataFrame({"checkpoint": ["step0", "step8"], "flag": ["", ""]})
+    >>> ref = SimpleNamespace(name="step8")
+    >>> note = flag_cka_reference(flags, ref, SimpleNamespace(name="step16"))["flag"].tolist()[1]
+    >>> print(note)  # doctest: +NORMALIZE_WHITESPACE
+    cka_final reference: the final checkpoint step16 is missing, so cka_final compares with step8
+    (the last available checkpoint)
+    """
+    flags = flags.copy()
+    note = (f"cka_final reference: the final checkpoint {final.name} is missing, so cka_final compares with "
+            f"{reference.name} (the last available checkpoint)")
+    row = flags["checkpoint"] == reference.name
+    flags.loc[row, "flag"] = [f"{old}; {note}" if old else note for old in flags.loc[row, "flag"]]
+    return flags
+
+
+def _first_config(auto_config, candidates):
+    """The model config of the first candidate checkpoint that is available (a missing branch is passed over)."""
+    errors = []
+    for ckpt in candidates:
+        try:
+            ensure_available(ckpt)
+            return auto_config.from_pretrained(ckpt.source, **hub_load_kwargs(ckpt))
+        except Exception as exc:  # noqa: BLE001 - only a missing branch is passed over, anything else re-raised
+            if missing_reason(exc, ckpt) is None:
+                raise
+            errors.append(exc)
+    raise errors[0]  # every checkpoint is missing: the final checkpoint's error names it and how to fetch it
 
 
 # --------------------------------------------------------------------------- pipeline
@@ -638,7 +703,11 @@ def internal_states(
     checkpoints : "all", int or list
         See :func:`triphase.models.checkpoints.select_checkpoints`. CKA to the final
         checkpoint always uses the series' last checkpoint (computed even when
-        not chosen); "previous" is the previous *chosen* checkpoint.
+        not chosen); "previous" is the previous *chosen* checkpoint. When the
+        final checkpoint's branch is missing, the last available chosen
+        checkpoint is the reference instead: a ``MissingCheckpointWarning``
+        says so, and that checkpoint's ``integrity_flag`` (table) and ``flag``
+        (``internal_integrity.parquet``) name it as the ``cka_final`` reference.
     dataset : str, Dataset or None
         Names the results folder; its stories give ``lm_loss_stimulus`` (and
         the analysis text when ``text_source="stimulus"``). None: no stimulus
@@ -720,8 +789,8 @@ def internal_states(
 
 
 
-    ensure_available(final)  # the final checkpoint is the reference of every CKA: it cannot be skipped
-    config = AutoConfig.from_pretrained(final.source, **hub_load_kwargs(final))
+    todo = list(chosen) + ([final] if final.name not in {c.name for c in chosen} else [])
+    config = _first_config(AutoConfig, todo[::-1])  # the final checkpoint's, else the last available one's
     layer_index = _resolve_layers(layers, int(config.num_hidden_layers))
     max_positions = getattr(config, "max_position_embeddings", None)
     context = resolve_context(SimpleNamespace(config=config), context)
@@ -740,26 +809,28 @@ def internal_states(
     if len(settings["subsample"]) < 3:
         raise ValueError(f"the {text.name!r} text has only {len(settings['subsample'])} words for TwoNN/CKA")
 
-    todo = list(chosen) + ([final] if final.name not in {c.name for c in chosen} else [])
     todo_iter = tqdm(todo, desc=f"internal states {series_obj.name}", unit="checkpoint", disable=not progress)
     frames, states_paths = [], {}
     chosen_names = {c.name for c in chosen}
     log = SweepLog("internal states")
     for ckpt in todo_iter:
         todo_iter.set_postfix_str(ckpt.name)
-        with log.skip_if_missing(ckpt, required=ckpt.name == final.name):  # CKA's reference cannot be skipped
+        with log.skip_if_missing(ckpt):  # a missing final checkpoint: the last available one is CKA's reference
             rows, path = cached_checkpoint(ckpt, text, other, settings, device, dtype)
             states_paths[ckpt.name] = path
             if ckpt.name in chosen_names:
                 frames.append(rows)
     log.check_any_done(chosen)
     loaded = [c for c in chosen if c.name not in log.skipped]
-    frames.append(pd.DataFrame(cka_rows(loaded, states_paths, final, layer_index), columns=TABLE_COLUMNS))
+    reference = cka_reference(todo, final, log)
+    frames.append(pd.DataFrame(cka_rows(loaded, states_paths, reference, layer_index), columns=TABLE_COLUMNS))
     table = pd.concat(frames, ignore_index=True)
     table = table.sort_values(["step", "measure", "layer", "head"], kind="stable").reset_index(drop=True)
     for column in ("step", "tokens_seen", "layer", "head"):
         table[column] = table[column].astype(np.int64)
     flags = checkpoint_flags(chosen, log, device=device, dtype=dtype)
+    if reference.name != final.name:
+        flags = flag_cka_reference(flags, reference, final)
     table = attach_identity(table, flags)
     if write:
         dataset_name = data.name if data is not None else "none"

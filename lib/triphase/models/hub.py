@@ -52,6 +52,10 @@ _TRUE_VALUES = {"1", "on", "yes", "true", "y"}
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 #: Weight files a checkpoint folder must hold (one of).
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+#: Single weights files and the indexes of sharded ones (whose ``weight_map`` names the shards).
+SINGLE_WEIGHT_PATTERNS, INDEX_PATTERNS = WEIGHT_PATTERNS[:2], WEIGHT_PATTERNS[2:]
+#: A shard's name as transformers writes it (``model-00001-of-00004.safetensors``): never a single weights file.
+_SHARD_NAME = re.compile(r"-\d+-of-\d+\.(safetensors|bin)$")
 #: Files fetched for a checkpoint: configuration, tokenizer and safetensors weights.
 FETCH_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*")
 #: Fallback when a revision has no safetensors (older branches hold PyTorch pickles only).
@@ -128,15 +132,68 @@ def cached_commit(repo_id: str, revision: str, cache_dir=None) -> str | None:
     return commit
 
 
+def missing_weight_files(folder) -> list[str] | None:
+    """Weight files a checkpoint folder lacks: ``[]`` when one complete set of weights is there.
+
+    A complete set is a single weights file (``*.safetensors``, ``*.bin``) or
+    an index (``*.safetensors.index.json``, ``*.bin.index.json``) together
+    with every shard its ``weight_map`` names. A file that is a dangling
+    symlink (a hub snapshot link whose blob is gone) counts as missing, and
+    shards (named in an index, or named ``*-0000i-of-0000n.*``) are not single
+    weights files.
+
+    Returns
+    -------
+    list of str or None
+        ``[]`` when complete; else the shards (or the unreadable index) the
+        most complete index lacks; None when the folder holds no weights at all.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> index = {"weight_map": {"a": "model-1-of-2.safetensors", "b": "model-2-of-2.safetensors"}}
+    >>> _ = (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+    >>> _ = (folder / "model-1-of-2.safetensors").write_bytes(b"")
+    >>> missing_weight_files(folder)
+    ['model-2-of-2.safetensors']
+    """
+    folder = Path(folder)
+    shards: set[str] = set()
+    gaps: list[list[str]] = []
+    for pattern in INDEX_PATTERNS:
+        for index in sorted(folder.glob(pattern)):
+            try:
+                names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                gaps.append([index.name])  # dangling, unreadable or not an index: fetch it again
+                continue
+            shards.update(names)
+            missing = [name for name in names if not (folder / name).exists()]
+            if not missing:
+                return []
+            gaps.append(missing)
+    for pattern in SINGLE_WEIGHT_PATTERNS:
+        for path in folder.glob(pattern):
+            is_shard = path.name in shards or _SHARD_NAME.search(path.name)
+            if not is_shard and path.exists():  # exists() follows a blob link: a dangling one is missing
+                return []
+    return min(gaps, key=len) if gaps else None
+
+
 def cached_snapshot(repo_id: str, revision: str, cache_dir=None) -> Path | None:
-    """The snapshot folder of a cached revision holding a config and weights, or None."""
+    """The snapshot folder of a cached revision holding a config and a complete set of weights, or None.
+
+    A sharded checkpoint counts only with every shard its index names
+    (:func:`missing_weight_files`); a snapshot link whose blob is gone is missing.
+    """
     commit = cached_commit(repo_id, revision, cache_dir)
     if commit is None:
         return None
     folder = repo_folder(repo_id, cache_dir) / "snapshots" / commit
     if not (folder / "config.json").exists():
         return None
-    if not any(next(folder.glob(p), None) is not None for p in WEIGHT_PATTERNS):
+    if missing_weight_files(folder) != []:
         return None
     return folder
 
@@ -144,11 +201,15 @@ def cached_snapshot(repo_id: str, revision: str, cache_dir=None) -> Path | None:
 class CheckpointMissingError(FileNotFoundError):
     """A hub checkpoint is not in the local cache and the hub cannot be reached (offline)."""
 
-    def __init__(self, repo_id: str, revision: str, series: str | None = None, cache_dir=None):
+    def __init__(self, repo_id: str, revision: str, series: str | None = None, cache_dir=None,
+                 missing_files: Sequence[str] | None = None):
         self.repo_id, self.revision, self.series = repo_id, revision, series
+        self.missing_files = list(missing_files or [])
         cache = Path(cache_dir or hub_cache_dir())
+        where = (f"is incomplete in the local Hugging Face cache {cache} (lacks {', '.join(self.missing_files)})"
+                 if self.missing_files else f"is not in the local Hugging Face cache {cache}")
         super().__init__(
-            f"checkpoint {repo_id}@{revision} is not in the local Hugging Face cache {cache} and "
+            f"checkpoint {repo_id}@{revision} {where} and "
             f"HF_HUB_OFFLINE is set. Fetch it on a machine with internet: "
             f"`{fetch_command(series or repo_id, [revision])}` (or `huggingface-cli download {repo_id} "
             f"--revision {revision}`), then copy {repo_folder(repo_id, cache).name}/ into {cache} "
@@ -165,14 +226,17 @@ def fetch_command(series: str, revisions: Sequence[str] | None = None) -> str:
 
 
 def ensure_available(checkpoint) -> None:
-    """Raise :class:`CheckpointMissingError` when offline and a hub checkpoint is not cached.
+    """Raise :class:`CheckpointMissingError` when offline and a hub checkpoint is not cached (or incomplete).
 
     Local folders and online sessions pass (online, ``from_pretrained`` downloads).
     """
     if not is_hub_checkpoint(checkpoint) or not is_offline():
         return
     if cached_snapshot(checkpoint.source, checkpoint.revision) is None:
-        raise CheckpointMissingError(checkpoint.source, checkpoint.revision, checkpoint.series)
+        commit = cached_commit(checkpoint.source, checkpoint.revision)
+        folder = repo_folder(checkpoint.source) / "snapshots" / commit if commit else None
+        missing = missing_weight_files(folder) if folder is not None and folder.is_dir() else None
+        raise CheckpointMissingError(checkpoint.source, checkpoint.revision, checkpoint.series, missing_files=missing)
 
 
 def resolve_commit(repo_id: str, revision: str, cache_dir=None, online: bool | None = None) -> str | None:
@@ -358,7 +422,9 @@ def snapshot_fetch(repo_id: str, revisions: Sequence[str], cache_dir=None, max_w
 
     Safetensors are preferred; a revision without them gets its ``*.bin``
     weights. Resumable: ``snapshot_download`` skips complete files and resumes
-    partial ones.
+    partial ones. A cached revision counts only when complete
+    (:func:`cached_snapshot`): one with a missing shard or a dangling blob
+    link is fetched again.
 
     Returns
     -------
@@ -380,11 +446,16 @@ def snapshot_fetch(repo_id: str, revisions: Sequence[str], cache_dir=None, max_w
         if done is not None:
             out[rev] = done
             continue
+        # not cached, or incomplete (a shard missing, a dangling blob link): snapshot_download fetches what lacks
         folder = Path(snapshot_download(repo_id, revision=rev, allow_patterns=list(FETCH_PATTERNS),
                                         cache_dir=cache, max_workers=max_workers))
-        if not any(folder.glob("*.safetensors")):
+        if missing_weight_files(folder) != []:
             folder = Path(snapshot_download(repo_id, revision=rev,
                                             allow_patterns=list(FETCH_PATTERNS + FETCH_PATTERNS_BIN),
                                             cache_dir=cache, max_workers=max_workers))
+        missing = missing_weight_files(folder)
+        if missing:
+            raise FileNotFoundError(f"{repo_id}@{rev}: the download is incomplete, {folder} lacks {', '.join(missing)} "
+                                    "(named in its weight index); run the fetch again")
         out[rev] = folder
     return out

@@ -14,14 +14,21 @@ itself never executes notebooks (``execute_notebooks: off``).
 * A failing notebook raises :class:`NotebookFailed` naming the notebook and the
   cell's error; its executed copy is kept under ``<data home>/failed/`` and
   nothing half-written reaches the book.
-* A notebook whose inputs (source, parameters, library code, checkpoints,
-  upstream tables) did not change is not re-executed; ``force`` re-runs it.
+* A notebook whose inputs did not change and whose results tables are there
+  is not re-executed; ``force`` re-runs it. Its inputs are its source,
+  parameters, the library code, the data home, the checkpoints (organism: the
+  configuration hash and checkpoint names; hub: the commit each chosen
+  revision resolves to in the local cache), the data it reads
+  (:meth:`~triphase.datasets.Dataset.identity`) and, for the synthesis, the
+  upstream tables. The tables it wrote (:data:`NOTEBOOK_TABLES`) are recorded
+  in the executed copy; one of them missing (a results folder deleted) re-runs it.
 * Before anything is trained or executed, :func:`triphase.runs.preflight.preflight`
   checks that the dataset, its subjects and the chosen checkpoints are there.
 * The executed copy shows one parameters cell holding the values that ran
   (papermill's injected cell is folded into it, :func:`fold_injected_parameters`).
 * Progress goes through the ``triphase`` logger: one line per notebook
-  (``[i/N] name (label) ... 12.3 s`` or ``reused (inputs unchanged)``) and,
+  (``[i/N] name (label) ... 12.3 s`` or ``reused (inputs unchanged)``; a re-run
+  says why: ``... (inputs changed)``, ``... (tables missing: ...)``, ``... (forced)``) and,
   inside a sweep, which checkpoint it is on (read from the kernel's progress
   bars whose unit or description says ``checkpoint``). Kernels talk to the
   runner over local IPC sockets where the platform has them (no TCP ports, and
@@ -38,7 +45,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import nbformat
@@ -50,17 +59,33 @@ from traitlets import default
 
 from triphase._home import data_home, results_dir
 from triphase._io import atomic_path, stable_hash
+from triphase.datasets import get_dataset
+from triphase.models.checkpoints import select_checkpoints
+from triphase.models.hub import cached_commit
 from triphase.models.organism import train_organism
 from triphase.models.series import get_series, load_presets
-from triphase.phases.synthesis import TABLE_FILES
+from triphase.phases.synthesis import PHASES_FILE, TABLE_FILES
 from triphase.runs.config import load_run_config
 from triphase.runs.preflight import PreflightFailed, organism_trained, preflight
 from triphase.runs.template import book_root, notebook_parameters, source_notebooks
+from triphase.tasks.sweep import SAMPLES_FILE as TASKS_SAMPLES_FILE
 
 KERNEL_NAME = "triphase"
 #: which loop a notebook runs in: once per series, per (series, subject), or once overall
 NOTEBOOK_SCOPE = {"00_organism": "series", "04_phases": "synthesis"}
 DEFAULT_SCOPE = "subject"
+#: the results tables each notebook writes into a model's results folder (the synthesis: into every model's);
+#: 00_organism writes none. A table it wrote gone missing re-runs it.
+NOTEBOOK_TABLES = {
+    "01_brain_alignment": (TABLE_FILES["brain"],),
+    "02_internal_states": (TABLE_FILES["internal"],),
+    "03_downstream_tasks": (TABLE_FILES["tasks"], TASKS_SAMPLES_FILE),
+    "04_phases": (PHASES_FILE,),
+}
+#: a per-subject notebook taking this parameter opens the dataset: its data's identity is one of its inputs
+DATA_PARAMETER = "dataset_options"
+#: how many missing tables a log line names before "..."
+SHOWN_TABLES = 3
 SYNTHESIS_FOLDER = "synthesis"
 METADATA_KEY = "triphase"
 INJECTED_TAG = "injected-parameters"
@@ -177,10 +202,21 @@ def _file_hash(path: Path) -> str:
 
 
 def execute_notebook(name: str, parameters: dict, output: Path, force: bool = False,
-                     root: Path | None = None, extra_inputs: dict | None = None, title_suffix: str = "",
-                     progress: bool = True, step: str = "") -> bool:
+                     root: Path | None = None, extra_inputs: dict | Callable[[], dict] | None = None,
+                     title_suffix: str = "", progress: bool = True, step: str = "",
+                     tables: Sequence[Path] = ()) -> bool:
     """Execute one source notebook into ``output`` (atomically); return True if it ran.
 
+    An existing ``output`` is reused (nothing runs) when its stored key matches
+    this run's inputs (source, parameters, library, data home, ``extra_inputs``)
+    and every table it recorded as written still exists; ``force`` runs it anyway.
+
+    ``extra_inputs`` are the run's other inputs (checkpoints, data identity,
+    upstream tables): a dict, or a function returning one, called before the
+    run (to decide) and again after it (the key stored is of the inputs the
+    notebook ended with, e.g. a hub checkpoint it downloaded now resolves to
+    its commit). ``tables`` are the results tables the notebook should write;
+    those that exist after the run are recorded in the executed copy.
     ``step`` prefixes the log lines (the runner passes ``"[i/N] "``);
     ``progress`` shows papermill's cell bar and the sweeps' checkpoint lines.
 
@@ -201,18 +237,16 @@ def execute_notebook(name: str, parameters: dict, output: Path, force: bool = Fa
     if unknown:
         raise ValueError(f"notebook {name}: unknown parameter(s) {', '.join(unknown)}; "
                          f"valid: {', '.join(sorted(declared))}")
-    key = stable_hash({
-        "source": _file_hash(source), "parameters": parameters, "library": _library_hash(),
-        "inputs": extra_inputs or {},
-    })
+    home = data_home()
+    key = _input_key(source, parameters, home, extra_inputs)
     output = Path(output)
+    tables = [Path(t) for t in tables]
     what = f"{step}{name}" + (f" ({title_suffix})" if title_suffix else "")
-    if output.exists() and not force:
-        previous = nbformat.read(output, as_version=4).metadata.get(METADATA_KEY, {})
-        if previous.get("input_key") == key:
-            logger.info("%s reused (inputs unchanged)", what)
-            return False
-    logger.info("%s ...", what)
+    reason = _rerun_reason(output, key, tables, home, force)
+    if reason is None:
+        logger.info("%s reused (inputs unchanged)", what)
+        return False
+    logger.info("%s ...%s", what, f" ({reason})" if reason else "")
     kernel = ensure_kernel()
     try:
         label = output.resolve().relative_to(root.resolve()).with_suffix("").as_posix()
@@ -240,7 +274,10 @@ def execute_notebook(name: str, parameters: dict, output: Path, force: bool = Fa
         raise
     seconds = time.perf_counter() - started
     notebook = nbformat.read(scratch, as_version=4)
-    notebook.metadata[METADATA_KEY] = {"input_key": key, "parameters": parameters, "seconds": round(seconds, 1)}
+    if callable(extra_inputs):  # the inputs the notebook ended with (checkpoints it downloaded, ...)
+        key = _input_key(source, parameters, home, extra_inputs)
+    notebook.metadata[METADATA_KEY] = {"input_key": key, "parameters": parameters, "seconds": round(seconds, 1),
+                                       "tables": [_home_relative(t, home) for t in tables if t.exists()]}
     _retitle(notebook, title_suffix)
     fold_injected_parameters(notebook)
     collapse_progress_output(notebook)
@@ -249,6 +286,47 @@ def execute_notebook(name: str, parameters: dict, output: Path, force: bool = Fa
     scratch.unlink(missing_ok=True)
     logger.info("%s ... %.1f s", what, seconds)
     return True
+
+
+def _input_key(source: Path, parameters: dict, home: Path, extra_inputs) -> str:
+    inputs = extra_inputs() if callable(extra_inputs) else extra_inputs
+    return stable_hash({
+        "source": _file_hash(source), "parameters": parameters, "library": _library_hash(),
+        "home": str(home), "inputs": inputs or {},
+    })
+
+
+def _home_relative(path: Path, home: Path) -> str:
+    """A table's path as recorded in an executed notebook: relative to the data home (no machine path)."""
+    try:
+        return path.relative_to(home).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def _rerun_reason(output: Path, key: str, tables: list[Path], home: Path, force: bool) -> str | None:
+    """Why ``output`` has to be (re)made: ``""`` (not there), ``"forced"``, ``"inputs changed"``,
+    ``"tables missing: ..."``; None when it can be reused.
+
+    The tables checked are those the executed copy recorded as written (a
+    notebook that legitimately writes none of ``tables``, e.g. no phases to
+    tabulate, is not re-run for them); a copy recording none checks ``tables``.
+    """
+    if not output.exists():
+        return ""
+    if force:
+        return "forced"
+    previous = nbformat.read(output, as_version=4).metadata.get(METADATA_KEY, {})
+    if previous.get("input_key") != key:
+        return "inputs changed"
+    recorded = previous.get("tables")
+    expected = tables if recorded is None else [home / t for t in recorded]
+    missing = [_home_relative(t, home) for t in expected if not t.exists()]
+    if missing:
+        shown = ", ".join(missing[:SHOWN_TABLES]) + (f", ... ({len(missing)} in all)" if len(missing) > SHOWN_TABLES
+                                                      else "")
+        return f"tables missing: {shown}"
+    return None
 
 
 def fold_injected_parameters(notebook) -> None:
@@ -393,10 +471,41 @@ def _retitle(notebook, suffix: str) -> None:
             return
 
 
-def _series_inputs(series_spec) -> dict:
+def _series_inputs(series_spec, checkpoints="all") -> dict:
+    """What a series' results depend on: its checkpoints (and config hash) and, for hub checkpoints,
+    the commit each chosen revision resolves to in the local cache (None while not cached)."""
     series = get_series(series_spec)
-    return {"series": series.name, "checkpoints": [c.name for c in series.checkpoints],
-            "info": {k: v for k, v in series.info.items() if k in ("config_hash", "repo", "tokens_per_step")}}
+    inputs = {"series": series.name, "checkpoints": [c.name for c in series.checkpoints],
+              "info": {k: v for k, v in series.info.items() if k in ("config_hash", "repo", "tokens_per_step")}}
+    if any(c.revision for c in series.checkpoints):
+        chosen = select_checkpoints(series.checkpoints, checkpoints)
+        inputs["commits"] = {c.name: cached_commit(c.source, c.revision) for c in chosen if c.revision}
+    return inputs
+
+
+def _data_identity(dataset: str, options: dict, subject: str) -> dict:
+    """:meth:`Dataset.identity` of a subject; a dataset that does not open gives its error (the notebook
+    then fails with it)."""
+    try:
+        return get_dataset(dataset, **options).identity(subject)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return {"dataset": dataset, "subject": subject, "unavailable": " ".join(str(exc).split())}
+
+
+def _job_inputs(series_spec, checkpoints, data: tuple | None = None) -> dict:
+    inputs = _series_inputs(series_spec, checkpoints)
+    if data is not None:
+        inputs["data"] = _data_identity(*data)
+    return inputs
+
+
+def _synthesis_inputs(cfg) -> dict:
+    tables = {}
+    for series in cfg.series_names():
+        for subject in cfg.subjects:
+            folder = results_dir(series, cfg.dataset, subject, create=False)
+            tables.update({f"{series}/{subject}/{t}": _file_hash(folder / t) for t in TABLE_FILES.values()})
+    return tables
 
 
 def prepare_series(series_spec, progress: bool = True) -> None:
@@ -452,15 +561,16 @@ def run(config="default", force=(), build: bool = True, root: Path | None = None
     report.seconds["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     out_root = root / cfg.output
-    plan = [(name, job) for name in cfg.notebooks for job in _jobs(cfg, NOTEBOOK_SCOPE.get(name, DEFAULT_SCOPE))]
+    declared = {name: notebook_parameters(name, root) for name in cfg.notebooks}
+    plan = [(name, job) for name in cfg.notebooks
+            for job in _jobs(cfg, NOTEBOOK_SCOPE.get(name, DEFAULT_SCOPE), name, declared[name])]
     for index, (name, job) in enumerate(plan, start=1):
-        declared = notebook_parameters(name, root)
-        base = {k: v for k, v in job["parameters"].items() if k in declared}
+        base = {k: v for k, v in job["parameters"].items() if k in declared[name]}
         params = {**base, **cfg.notebook_parameters(name)}
         ran = execute_notebook(
             name, params, out_root / job["folder"] / f"{name}.ipynb",
             force=bool({name, "all"} & force), root=root, extra_inputs=job["inputs"],
-            title_suffix=job["label"], progress=progress, step=f"[{index}/{len(plan)}] ",
+            title_suffix=job["label"], progress=progress, step=f"[{index}/{len(plan)}] ", tables=job["tables"],
         )
         (report.executed if ran else report.skipped).append(f"{job['folder']}/{name}")
     report.seconds["execute"] = time.perf_counter() - t0
@@ -480,30 +590,41 @@ def check_force(names, root: Path | None = None) -> None:
         raise ValueError(f"--force: no notebook named {', '.join(unknown)}; valid: all, {', '.join(available)}")
 
 
-def _jobs(cfg, scope: str) -> list[dict]:
+def _jobs(cfg, scope: str, notebook: str | None = None, declared=None) -> list[dict]:
+    """The executions of one notebook: output folder, label, parameters, inputs and the tables it writes.
+
+    ``inputs`` is a function (:func:`execute_notebook` calls it before and after
+    a run): the series' inputs, plus the data's identity for a per-subject
+    notebook that opens the dataset (it takes ``dataset_options``; with
+    ``declared`` None every per-subject notebook counts), or for the synthesis
+    the hashes of the upstream tables. ``tables`` are the files of
+    :data:`NOTEBOOK_TABLES` in the results folders the notebook writes.
+    """
     common = {"checkpoints": cfg.checkpoints, "device": cfg.device, "seed": cfg.seed,
               "dataset": cfg.dataset, "dataset_options": cfg.dataset_options}
+    files = NOTEBOOK_TABLES.get(notebook, ())
+    checkpoints = cfg.notebook_parameters(notebook).get("checkpoints", cfg.checkpoints) if notebook else cfg.checkpoints
     if scope == "synthesis":
-        tables = {}
-        for series in cfg.series_names():
-            for subject in cfg.subjects:
-                folder = results_dir(series, cfg.dataset, subject, create=False)
-                tables.update({f"{series}/{subject}/{t}": _file_hash(folder / t) for t in TABLE_FILES.values()})
+        tables = [results_dir(series, cfg.dataset, subject, create=False) / f
+                  for series in cfg.series_names() for subject in cfg.subjects for f in files]
         return [{"folder": SYNTHESIS_FOLDER, "label": "all models",
                  "parameters": {**common, "series": cfg.series_names(), "subjects": list(cfg.subjects)},
-                 "inputs": tables}]
+                 "inputs": partial(_synthesis_inputs, cfg), "tables": tables}]
+    reads_data = declared is None or DATA_PARAMETER in declared
     jobs = []
-    for series_spec in cfg.series:
-        inputs = _series_inputs(series_spec)
-        name = inputs["series"]
+    for series_spec, name in zip(cfg.series, cfg.series_names()):
         series_param = name if isinstance(series_spec, str) else series_spec
         if scope == "series":
-            jobs.append({"folder": name, "label": name, "inputs": inputs,
-                         "parameters": {**common, "series": series_param}})
+            jobs.append({"folder": name, "label": name, "inputs": partial(_job_inputs, series_spec, checkpoints),
+                         "parameters": {**common, "series": series_param}, "tables": []})
             continue
         for subject in cfg.subjects:
+            data = (cfg.dataset, dict(cfg.dataset_options), subject) if reads_data else None
+            folder = results_dir(name, cfg.dataset, subject, create=False)
             jobs.append({"folder": f"{name}/{cfg.dataset}-{subject}", "label": f"{name}, {cfg.dataset} {subject}",
-                         "inputs": inputs, "parameters": {**common, "series": series_param, "subject": subject}})
+                         "inputs": partial(_job_inputs, series_spec, checkpoints, data),
+                         "parameters": {**common, "series": series_param, "subject": subject},
+                         "tables": [folder / f for f in files]})
     return jobs
 
 
