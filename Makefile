@@ -18,17 +18,19 @@ PY := $(VENV)/bin/python
 # torch build that fits it first (or set TORCH_SPEC=torch).
 TORCH_SPEC ?= torch==2.13.0
 CONFIG ?= default
+# `make book` needs the package only; `make test` adds the test tools and lm-evaluation-harness (the `real` extra)
 STAMP := $(VENV)/.triphase-installed
+TEST_STAMP := $(VENV)/.triphase-test-installed
 
 .PHONY: book test test-fast install run build clean-book bench
 
 book: $(STAMP)
 	$(PY) -m triphase.cli run $(CONFIG)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(PY) -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -m "not slow and not browser"
 
 install: $(STAMP)
@@ -37,8 +39,12 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@echo "environment: $(VENV)"
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[test,real]"
+	$(PY) -m pip install --quiet -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,real]"
+	touch $(TEST_STAMP)
 
 build: $(STAMP)
 	$(PY) -m triphase.cli build
