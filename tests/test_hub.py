@@ -296,6 +296,16 @@ def test_offline_sweep_through_the_hub_cache(weight_folders, tmp_path):
     assert not np.allclose(np.load(out / "step0.npy"), np.load(out / "step1.npy"))
 
 
+def _run_offline(script: str, hf_home, home) -> dict:
+    """Run ``script`` in a fresh offline process on the hub cache ``hf_home``; its last stdout line is JSON."""
+    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TRIPHASE_HOME=str(home), OMP_NUM_THREADS="1")
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 PIPELINES_SCRIPT = textwrap.dedent("""
     import json, warnings
     import pandas as pd
@@ -339,13 +349,7 @@ def test_every_pipeline_skips_a_missing_branch_and_flags_duplicates(weight_folde
     # step1 == step2 (consecutive identical weights); step16 is missing from the cache.
     planted = {"step0": w0, "step1": w1, "step2": w1, "step143000": w2}
     commits = {rev: write_hub_revision(hf_home / "hub", REPO, rev, folder) for rev, folder in planted.items()}
-    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TRIPHASE_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
-    env.pop("HF_HUB_CACHE", None)
-    proc = subprocess.run([sys.executable, "-c", PIPELINES_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = _run_offline(PIPELINES_SCRIPT, hf_home, tmp_path / "home")
     loaded = ["step0", "step1", "step2", "step143000"]
     for name in ("brain", "internal", "tasks"):
         part = result[name]
@@ -406,13 +410,7 @@ def test_internal_sweep_goes_on_when_the_final_checkpoint_is_missing(weight_fold
     w0, w1, w2 = weight_folders
     for rev, folder in {"step0": w0, "step1": w1, "step2": w2}.items():  # step16 and step143000 missing
         write_hub_revision(hf_home / "hub", REPO, rev, folder)
-    env = dict(os.environ, HF_HOME=str(hf_home), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TRIPHASE_HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
-    env.pop("HF_HUB_CACHE", None)
-    proc = subprocess.run([sys.executable, "-c", FINAL_MISSING_SCRIPT], env=env, capture_output=True, text=True,
-                          timeout=500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = _run_offline(FINAL_MISSING_SCRIPT, hf_home, tmp_path / "home")
     loaded = ["step0", "step1", "step2"]
     assert result["checkpoints"] == result["on_disk"] == loaded
 

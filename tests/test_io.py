@@ -79,19 +79,24 @@ def _race_atomic_path(root, writer, barrier, queue):
     queue.put((writer, errors))
 
 
-@pytest.mark.parametrize("replace", [False, True])
-def test_two_writers_of_one_atomic_dir_key_both_succeed(tmp_path, replace):
+def _race(target, folder: str, **options) -> dict:
+    """Run ``target(folder, writer, barrier, [options...], queue)`` in two spawned processes released together;
+    return {writer: errors}."""
     context = multiprocessing.get_context("spawn")
     barrier, queue = context.Barrier(2), context.Queue()
-    procs = [context.Process(target=_race_atomic_dir, args=(str(tmp_path), w, barrier, replace, queue))
-             for w in (0, 1)]
+    procs = [context.Process(target=target, args=(folder, w, barrier, *options.values(), queue)) for w in (0, 1)]
     for proc in procs:
         proc.start()
     results = dict(queue.get(timeout=180) for _ in procs)
     for proc in procs:
         proc.join(timeout=60)
         assert proc.exitcode == 0
-    assert results == {0: [], 1: []}
+    return results
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_two_writers_of_one_atomic_dir_key_both_succeed(tmp_path, replace):
+    assert _race(_race_atomic_dir, str(tmp_path), replace=replace) == {0: [], 1: []}
     # one complete folder per key, every file from the same writer; no temporary folder or lock file left
     assert sorted(os.listdir(tmp_path)) == sorted(f"key{i}" for i in range(ROUNDS))
     for i in range(ROUNDS):
@@ -102,16 +107,7 @@ def test_two_writers_of_one_atomic_dir_key_both_succeed(tmp_path, replace):
 
 
 def test_two_writers_of_one_atomic_path_both_succeed(tmp_path):
-    context = multiprocessing.get_context("spawn")
-    barrier, queue = context.Barrier(2), context.Queue()
-    procs = [context.Process(target=_race_atomic_path, args=(str(tmp_path), w, barrier, queue)) for w in (0, 1)]
-    for proc in procs:
-        proc.start()
-    results = dict(queue.get(timeout=180) for _ in procs)
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
-    assert results == {0: [], 1: []}
+    assert _race(_race_atomic_path, str(tmp_path)) == {0: [], 1: []}
     assert sorted(os.listdir(tmp_path)) == sorted(f"key{i}.txt" for i in range(ROUNDS))
     for i in range(ROUNDS):
         text = (tmp_path / f"key{i}.txt").read_text()
