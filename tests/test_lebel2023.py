@@ -71,6 +71,17 @@ def test_markers_dropped_and_words_lowercased(tmp_path):
     assert LeBel2023(root, lowercase=False).word_timings("wheretheressmoke").words[0] == "Hello"
 
 
+def test_phone_times_are_phone_midpoints_without_silences(tmp_path):
+    root = tmp_path / "ds"
+    words = [(0.0, 0.6, "the"), (0.6, 1.0, "sp"), (1.0, 1.6, "cat")]
+    write_lebel_story(root, "souls", words, 40, {"UTS03": np.zeros((20, 3))})
+    phones = [(0.0, 0.2, "DH"), (0.2, 0.6, "AH0"), (0.6, 1.0, "sp"), (1.0, 1.2, "K"), (1.2, 1.3, ""),
+              (1.3, 1.4, "{NS}"), (1.4, 1.6, "T")]
+    grid = root / "derivative" / "TextGrids" / "souls.TextGrid"
+    grid.write_text(long_textgrid([("phone", phones), ("word", words)], 1.6))
+    np.testing.assert_allclose(LeBel2023(root).phone_times("souls"), [0.1, 0.4, 1.1, 1.5])
+
+
 def test_tr_grid_and_trimming_match_the_reference(ds003020):
     root, truth = ds003020
     ds = get_dataset("lebel2023", root=root)

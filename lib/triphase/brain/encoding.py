@@ -26,7 +26,11 @@ Scores (:func:`score_voxels`, :func:`brain_scores`)
   **not capped** (values above 1 mean the ceiling estimate is noisy).
   ``CC_max`` is the Schoppe et al. (2016) ceiling from the repeats, see
   :func:`triphase.brain.statistics.noise_ceiling`. The raw score is always kept
-  beside the normalised one.
+  beside the normalised one. Over *all* voxels this ratio is deflated (clipping
+  signal power at 0 biases CC_max upward on noise voxels, which then dominate
+  the denominator), so the brain sweep replaces the column by the ratio over
+  voxels chosen on independent repeats
+  (:func:`triphase.brain.statistics.split_half_ceiling`).
 
 Examples
 --------
@@ -594,7 +598,8 @@ class BrainScores:
     ceiling_mean : float
         Mean CC_max over valid voxels with a finite ceiling (NaN without repeats).
     score_ceiling_normalised : float
-        ``mean r / mean CC_max`` over valid voxels with a finite ceiling (uncapped).
+        ``mean r / mean CC_max`` over valid voxels with a finite ceiling (uncapped; deflated
+        by noise voxels: the brain sweep reports the split-half version instead).
     score_top10_ceiling_normalised : float
         The same over the top voxels.
     regions : pandas.DataFrame

@@ -17,15 +17,25 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 import pandas as pd
 from nilearn.masking import unmask
 from nilearn.plotting import plot_glass_brain
 
 from triphase.brain.encoding import ALL_REGIONS
-from triphase.brain.sweep import MODEL_FEATURES, best_layers
+from triphase.brain.statistics import fdr_bh
+from triphase.brain.sweep import DEFAULT_FDR_Q, MODEL_FEATURES, UNIQUE_COLUMNS, best_layers
 from triphase.plotting import log_positions, tier_label
 
 CONTROL_MARKERS = {"shuffled-stories": "s", "random": "D", "random-words": "^"}
+#: Interval columns of the scores that have one.
+INTERVAL_COLUMNS = {"score_mean": ("ci_low", "ci_high"),
+                    "score_ceiling_normalised": ("ci_low_ceiling_normalised", "ci_high_ceiling_normalised")}
+#: Colour map of voxel maps (diverging: negative r in blue).
+MAP_CMAP = "RdBu_r"
+#: Percentile of |r| over the drawn voxels that sets the default colour range.
+VMAX_PERCENTILE = 99.5
 
 
 def _tier(table: pd.DataFrame) -> str:
@@ -82,8 +92,9 @@ def plot_brain_score(table: pd.DataFrame, region: str = ALL_REGIONS, score: str 
                          "score_ceiling_normalised without repeats of the test story); nothing to plot")
     x = log_positions(curve["tokens_seen"].to_numpy())
     ax.plot(x, curve[score], "o-", ms=4, label=label or f"model, {desc}")
-    if score == "score_mean" and {"ci_low", "ci_high"} <= set(curve):
-        ax.fill_between(x, curve["ci_low"], curve["ci_high"], alpha=0.25, lw=0, label="95% bootstrap CI")
+    bounds = INTERVAL_COLUMNS.get(score)
+    if bounds is not None and set(bounds) <= set(curve):
+        ax.fill_between(x, curve[bounds[0]], curve[bounds[1]], alpha=0.25, lw=0, label="95% bootstrap CI")
     if (curve["tokens_seen"] == 0).any():
         ax.annotate("step0", (x[curve["tokens_seen"].to_numpy() == 0][0], curve[score].iloc[0]),
                     textcoords="offset points", xytext=(4, 6), fontsize=8)
@@ -97,8 +108,8 @@ def plot_brain_score(table: pd.DataFrame, region: str = ALL_REGIONS, score: str 
             row = row.iloc[0] if len(row) else rows.iloc[0]
             xi = x_right * (1.35 ** i)
             yerr = None
-            if score == "score_mean":
-                yerr = [[row[score] - row["ci_low"]], [row["ci_high"] - row[score]]]
+            if bounds is not None and set(bounds) <= set(row.index):
+                yerr = [[row[score] - row[bounds[0]]], [row[bounds[1]] - row[score]]]
             ax.errorbar([xi], [row[score]], yerr=yerr, fmt=CONTROL_MARKERS.get(kind, "x"), color="0.4",
                         ms=5, capsize=2, label=f"control: {kind} (final ckpt, layer {int(row['layer'])})")
     ax.axhline(0, color="0.6", lw=0.8)
@@ -200,12 +211,32 @@ def plot_layer_heatmap(table: pd.DataFrame, score: str = "score_mean", region: s
 
 
 def plot_glass_brain_maps(maps: dict[str, np.ndarray], mask_img, tier: str = "embedded", vmax: float | None = None,
-                          threshold: float | None = None, figure=None):
+                          threshold: float | None = None, figure=None, pvalues: dict[str, np.ndarray] | None = None,
+                          q: float = DEFAULT_FDR_Q, thresholded: bool = True):
     """Glass-brain maps of voxelwise r, one row per entry of ``maps`` (label -> r per mask voxel).
 
-    Uses :func:`nilearn.masking.unmask` to put the r vector back into the
-    mask's 3-D grid and :func:`nilearn.plotting.plot_glass_brain`
-    (``plot_abs=False``: negative r shown in blue). NaN r (excluded voxels) are drawn as 0.
+    By default each map is **thresholded at FDR**: only voxels significant
+    under Benjamini-Hochberg at ``q`` (over the map's valid voxels, from
+    ``pvalues``) are drawn, so noise maxima do not show. ``thresholded=False``
+    gives the unthresholded view. Uses :func:`nilearn.masking.unmask` and
+    :func:`nilearn.plotting.plot_glass_brain` (``plot_abs=False``: negative r in
+    blue); one shared, labelled colour bar. NaN r (excluded voxels) are drawn as 0.
+
+    Parameters
+    ----------
+    maps : dict label -> array (n_voxels,)
+    mask_img : Nifti image
+    tier : str
+    vmax : float, optional
+        Colour range ``[-vmax, vmax]`` (default: the 99.5th percentile of |r| over the drawn voxels).
+    threshold : float, optional
+        Unthresholded view only: hide |r| below this value.
+    figure : matplotlib Figure, optional
+    pvalues : dict label -> array (n_voxels,), optional
+        Voxelwise p-values of each map (required when ``thresholded``).
+    q : float
+        FDR level of the threshold.
+    thresholded : bool
 
     Returns
     -------
@@ -214,21 +245,36 @@ def plot_glass_brain_maps(maps: dict[str, np.ndarray], mask_img, tier: str = "em
 
     Examples
     --------
-    >>> space = data.voxel_space("sim01")  # doctest: +SKIP
-    >>> fig = plot_glass_brain_maps({"final": r}, space.mask_img, tier="embedded")  # doctest: +SKIP
+    >>> fig = plot_glass_brain_maps({"final": r}, space.mask_img, pvalues={"final": p})  # doctest: +SKIP
     """
 
     if mask_img is None:
         raise ValueError("this dataset has no voxel space (mask image): glass-brain maps need one")
     arrays = {k: np.nan_to_num(np.asarray(v, dtype=float)) for k, v in maps.items()}
+    titles = dict.fromkeys(arrays, "")
+    if thresholded:
+        if pvalues is None or set(pvalues) != set(arrays):
+            raise ValueError("pvalues: thresholded maps need one p-value array per map (or thresholded=False)")
+        for label in arrays:
+            significant, _ = fdr_bh(np.asarray(pvalues[label], dtype=float), q)
+            arrays[label] = np.where(significant, arrays[label], 0.0)
+            titles[label] = f" ({int(significant.sum())} voxels at FDR q < {q:g})"
+        # Anything non-zero is significant: hide exactly the zeros.
+        threshold = np.finfo(np.float32).tiny
+    drawn = np.concatenate([a[a != 0] for a in arrays.values()])
     if vmax is None:
-        vmax = max(float(np.percentile(np.abs(a), 99.5)) for a in arrays.values()) or 1.0
+        vmax = float(np.percentile(np.abs(drawn), VMAX_PERCENTILE)) if drawn.size else 1.0
+        vmax = vmax or 1.0
     fig = figure or plt.figure(figsize=(10, 3.0 * len(arrays)))
     for i, (label, r) in enumerate(arrays.items()):
-        axes = fig.add_axes([0.0, 1.0 - (i + 1) / len(arrays), 1.0, 1.0 / len(arrays)])
+        axes = fig.add_axes([0.0, 1.0 - (i + 1) / len(arrays), 0.9, 1.0 / len(arrays)])
         plot_glass_brain(unmask(r.astype(np.float32), mask_img), display_mode="lzr", plot_abs=False,
-                         colorbar=True, vmax=vmax, vmin=-vmax, threshold=threshold, cmap="RdBu_r",
-                         title=label, axes=axes, figure=fig)
+                         colorbar=False, vmax=vmax, vmin=-vmax, threshold=threshold, cmap=MAP_CMAP,
+                         title=label + titles[label], axes=axes, figure=fig)
+    colorbar_axes = fig.add_axes([0.92, 0.15, 0.015, 0.7])
+    what = f"FDR q < {q:g}" if thresholded else "unthresholded"
+    fig.colorbar(ScalarMappable(Normalize(-vmax, vmax), MAP_CMAP), cax=colorbar_axes,
+                 label=f"test r per voxel ({what})")
     fig.text(0.995, 0.0, tier_label(tier), ha="right", va="bottom", fontsize=8, color="0.35")
     return fig
 
@@ -284,4 +330,46 @@ def plot_ceiling_vs_truth(estimated: np.ndarray, true: np.ndarray, regions: np.n
     ax.set_xlabel(xlabel or f"true {quantity}")
     ax.set_ylabel(ylabel or f"estimated {quantity} (from repeats)")
     ax.set_title(f"Noise ceiling vs ground truth, r = {r:.2f}\n({tier_label(tier)})", fontsize=9)
+    return ax
+
+
+#: Curves of :func:`plot_unique_variance`: column -> (label, colour, line style).
+UNIQUE_CURVES = {"r2_joint": ("baseline + model (banded ridge)", "tab:blue", "-"),
+                 "r2_baseline": ("low-level baseline alone", "0.4", "--"),
+                 "r2_unique": ("model beyond the baseline (unique)", "tab:red", "-")}
+
+
+def plot_unique_variance(table: pd.DataFrame, region: str = ALL_REGIONS, ax=None, title: str | None = None):
+    """Test R^2 of the baseline, of baseline + model and the model's unique variance, per checkpoint.
+
+    Uses the rows that carry :data:`triphase.brain.sweep.UNIQUE_COLUMNS` (each
+    checkpoint's best layer).
+
+    Examples
+    --------
+    >>> t = pd.DataFrame({"checkpoint": ["step0", "step1"], "step": [0, 1], "tokens_seen": [0, 10], "layer": 1,
+    ...                   "region": "all", "features": "model", "tier": "embedded", "r_baseline": 0.1,
+    ...                   "r_joint": [0.1, 0.2], "r2_baseline": 0.01, "r2_joint": [0.01, 0.04], "r2_unique": [0.0, 0.03]})
+    >>> [line.get_label() for line in plot_unique_variance(t).get_lines()][:3]
+    ['baseline + model (banded ridge)', 'low-level baseline alone', 'model beyond the baseline (unique)']
+    """
+    missing = [c for c in UNIQUE_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"the brain table has no baseline columns {missing}: it was computed with baseline=False")
+    rows = table[(table["features"] == MODEL_FEATURES) & (table["region"] == region) & table["r2_unique"].notna()]
+    if rows.empty:
+        raise ValueError(f"no rows with the baseline columns for region {region!r}")
+    rows = rows.sort_values("step")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    x = log_positions(rows["tokens_seen"].to_numpy())
+    for column, (label, colour, style) in UNIQUE_CURVES.items():
+        ax.plot(x, rows[column], style, color=colour, marker="o", ms=3, label=label)
+    ax.axhline(0, color="k", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens seen (step 0 drawn at half the first checkpoint)")
+    ax.set_ylabel(f"test R$^2$ (mean over voxels, {region})")
+    ax.set_title(title or "what the model adds to a low-level baseline (word rate, word length)")
+    ax.legend(fontsize=8)
+    ax.figure.text(0.995, 0.005, tier_label(_tier(table)), ha="right", va="bottom", fontsize=8, color="0.35")
     return ax

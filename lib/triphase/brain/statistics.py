@@ -20,20 +20,57 @@ time course is cut into consecutive blocks of ``block`` TRs, the blocks are
 shuffled, and r is recomputed; ``p = (1 + #{r_perm >= r_obs}) / (1 + n_perm)``
 (one-sided, positive r). Rows after the last whole block stay in place.
 
+Circular-shift test (:func:`circular_shift_test`, the pipeline's test): the
+prediction is rotated by every shift ``s`` with ``min_shift <= s <= T - min_shift``
+(a rotation keeps both series' autocorrelation except at one seam); the null
+SD of r is ``sd0 = sqrt(mean_s r_s^2)`` (by Parseval, Bartlett's variance
+``(1/T) sum_k rho_x(k) rho_y(k)`` with periodogram estimates), ``T_eff = 1 / sd0^2``
+and ``p = P(t_nu >= r / sd0)`` with ``nu = (2/3) T_eff`` degrees of freedom (the
+SD is itself estimated; a sum of products of two periodogram ordinates has 3/2
+times the relative variance of a chi-square sum). No resolution floor.
+
+Block length (:func:`choose_block_length`): the first lag at which the mean
+autocorrelation of the test responses over voxels falls below
+:data:`ACF_THRESHOLD`, at least :data:`MIN_BLOCK` TRs, at most ``n_trs // MIN_BLOCKS``.
+
 Bootstrap (:func:`bootstrap_score_ci`): consecutive blocks of ``block`` TRs of
 the (true, predicted) pair are resampled with replacement, voxelwise r is
 recomputed on the resampled rows and averaged over valid voxels; the CI is the
-percentile interval of the replicates.
+basic (reflected) interval ``[2 est - q_hi, 2 est - q_lo]`` of the replicates' quantiles. The draws (:func:`bootstrap_block_counts`)
+depend only on (n_trs, block, n_boot, seed): every checkpoint of a run uses the
+same draws, so replicates are paired across checkpoints.
+
+Split-half ceiling (:func:`split_half_ceiling`): voxels are chosen on the even
+repeats (their r passes BH-FDR with the circular-shift test), the ceiling of
+the chosen voxels is estimated on the odd repeats only.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.stats
+from scipy.signal import lfilter
 
 #: Default block length in TRs for permutations and bootstrap (20 s at TR = 2 s,
 #: longer than the haemodynamic autocorrelation).
 DEFAULT_BLOCK = 10
+#: Shortest block chosen from the data (the haemodynamic response spans ~20 s).
+MIN_BLOCK = DEFAULT_BLOCK
+#: Fewest whole blocks a chosen block length leaves in the test series (a
+#: bootstrap over fewer blocks has too few distinct replicates).
+MIN_BLOCKS = 8
+#: Block length = first lag whose mean autocorrelation is below this value
+#: (dependence then is small against the sampling SD of r on ~200 TRs).
+ACF_THRESHOLD = 0.1
+#: Degrees of freedom of the null t per effective sample: the null SD is
+#: estimated from periodogram products, whose relative variance is 3/2 that of
+#: a chi-square sum, so nu = T_eff / (3/2).
+DF_PER_EFFECTIVE_SAMPLE = 2.0 / 3.0
+#: Fewest degrees of freedom of the null t (very slow series).
+MIN_DF = 1.0
+#: Repeats a split-half ceiling needs: two to choose voxels, two for the ceiling.
+MIN_SPLIT_REPEATS = 4
 #: Upper bound on array elements materialised per chunk (~256 MB in float64).
 MAX_CHUNK_ELEMENTS = 2**25
 
@@ -239,6 +276,267 @@ def block_permutation_test(
     return pvalues
 
 
+# --------------------------------------------------------------------------- block length
+
+
+def mean_autocorrelation(y: np.ndarray, max_lag: int) -> np.ndarray:
+    """Autocorrelation at lags 0..max_lag of each column, averaged over the usable columns.
+
+    ``rho(k) = sum_t z_t z_{t+k}`` with columns standardised to mean 0 and sum of squares 1.
+
+    Examples
+    --------
+    >>> t = np.arange(400.0)
+    >>> acf = mean_autocorrelation(np.sin(2 * np.pi * t / 40)[:, None], 20)
+    >>> round(float(acf[20]), 2)  # half a period: anticorrelated (380 of 400 products)
+    -0.95
+    """
+    y = np.asarray(y, dtype=float)
+    if y.ndim == 1:
+        y = y[:, None]
+    n_trs = y.shape[0]
+    if not 0 <= max_lag < n_trs:
+        raise ValueError(f"max_lag must lie in [0, {n_trs - 1}] for {n_trs} TRs, got {max_lag}")
+    z, bad = _standardise_columns(np.where(np.isfinite(y), y, 0.0))
+    z = z[:, ~bad]
+    if z.shape[1] == 0:
+        raise ValueError("mean_autocorrelation: every column is constant or non-finite")
+    return np.array([(z[k:] * z[:n_trs - k]).sum(axis=0).mean() for k in range(max_lag + 1)])
+
+
+def choose_block_length(y: np.ndarray, threshold: float = ACF_THRESHOLD, min_block: int = MIN_BLOCK,
+                        min_blocks: int = MIN_BLOCKS) -> int:
+    """Block length (TRs) from the data's autocorrelation.
+
+    The first lag ``k`` at which the autocorrelation of the responses,
+    averaged over voxels, falls below ``threshold``; at least ``min_block``
+    and at most ``n_trs // min_blocks`` TRs (so that at least ``min_blocks``
+    blocks remain). Depends on the data only, never on a prediction, so every
+    checkpoint of a run gets the same block length and the same bootstrap draws.
+
+    Parameters
+    ----------
+    y : array (n_trs, n_voxels)
+        Test responses.
+    threshold : float in (0, 1)
+    min_block, min_blocks : int
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> from scipy.signal import lfilter
+    >>> rng = np.random.default_rng(0)
+    >>> slow = lfilter([1.0], [1.0, -0.9], rng.standard_normal((2000, 50)), axis=0)  # rho(k) = 0.9^k
+    >>> choose_block_length(slow)  # 0.9^22 = 0.098; the sample autocorrelation is a little lower
+    21
+    """
+    y = np.asarray(y, dtype=float)
+    if y.ndim == 1:
+        y = y[:, None]
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must lie in (0, 1), got {threshold}")
+    n_trs = y.shape[0]
+    longest = n_trs // min_blocks
+    if longest < min_block:
+        raise ValueError(f"y has {n_trs} TRs: too short for {min_blocks} blocks of at least {min_block} TRs")
+    acf = mean_autocorrelation(y, longest)
+    below = np.flatnonzero(acf < threshold)
+    lag = int(below[0]) if below.size else longest
+    return int(min(max(lag, min_block), longest))
+
+
+# --------------------------------------------------------------------------- circular-shift test
+
+
+@dataclass(frozen=True)
+class ShiftTest:
+    """Result of :func:`circular_shift_test`.
+
+    Attributes
+    ----------
+    pvalues : array (n_voxels,)
+        One-sided p (positive r), NaN for constant voxels.
+    r : array (n_voxels,)
+        Observed Pearson r.
+    null_sd : array (n_voxels,)
+        SD of r under the null (root mean square of the shifted r).
+    df : array (n_voxels,)
+        Degrees of freedom of the null t.
+    n_shifts : int
+    """
+
+    pvalues: np.ndarray
+    r: np.ndarray
+    null_sd: np.ndarray
+    df: np.ndarray
+    n_shifts: int
+
+
+def allowed_shifts(n_trs: int, min_shift: int, n_shifts: int | None = None) -> np.ndarray:
+    """Shifts ``min_shift..n_trs - min_shift`` (evenly thinned to ``n_shifts`` if fewer are asked for).
+
+    Examples
+    --------
+    >>> allowed_shifts(30, 10).tolist()
+    [10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20]
+    >>> allowed_shifts(30, 10, n_shifts=3).tolist()
+    [10, 15, 20]
+    """
+    if min_shift < 1:
+        raise ValueError(f"min_shift must be >= 1 TR, got {min_shift}")
+    shifts = np.arange(min_shift, n_trs - min_shift + 1)
+    if shifts.size < 2:
+        raise ValueError(f"min_shift={min_shift} leaves fewer than 2 shifts of {n_trs} TRs")
+    if n_shifts is not None:
+        if n_shifts < 2:
+            raise ValueError(f"n_shifts must be >= 2, got {n_shifts}")
+        if n_shifts < shifts.size:
+            shifts = shifts[np.unique(np.round(np.linspace(0, shifts.size - 1, n_shifts)).astype(int))]
+    return shifts
+
+
+def circular_shift_test(y_true: np.ndarray, y_pred: np.ndarray, min_shift: int = DEFAULT_BLOCK,
+                        n_shifts: int | None = None) -> ShiftTest:
+    """Voxelwise p-values of Pearson r against a circular-shift null with a t tail (module docstring).
+
+    All circular shifts' r come from one FFT cross-correlation per voxel:
+    ``r_s = sum_t z_true[(t + s) mod T] z_pred[t]`` for standardised columns.
+    The null SD is the root mean square of ``r_s`` over the allowed shifts, and
+    ``p = P(t_nu >= r / sd0)``, ``nu = max(1, (2/3) / sd0^2)``: continuous, so
+    BH-FDR is never limited by a p-value floor.
+
+    Parameters
+    ----------
+    y_true, y_pred : array (n_trs, n_voxels)
+    min_shift : int
+        Smallest shift (TRs) in either direction; at least the series' dependence length.
+    n_shifts : int or None
+        Use this many evenly spaced shifts (None: all allowed ones).
+
+    Returns
+    -------
+    ShiftTest
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> y = rng.standard_normal((200, 4))
+    >>> res = circular_shift_test(y, y + rng.standard_normal((200, 4)))
+    >>> bool((res.pvalues < 1e-6).all())
+    True
+    """
+    y_true, y_pred = check_pair(y_true, y_pred)
+    n_trs = y_true.shape[0]
+    shifts = allowed_shifts(n_trs, min_shift, n_shifts)
+    z_true, bad_true = _standardise_columns(y_true)
+    z_pred, bad_pred = _standardise_columns(y_pred)
+    bad = bad_true | bad_pred
+    r_obs = (z_true * z_pred).sum(axis=0)
+    spectrum = np.fft.rfft(z_true, axis=0) * np.conj(np.fft.rfft(z_pred, axis=0))
+    cross = np.fft.irfft(spectrum, n=n_trs, axis=0)  # cross[s] = sum_t z_true[t + s] z_pred[t]
+    null_sd = np.sqrt((cross[shifts] ** 2).mean(axis=0))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        df = np.maximum(DF_PER_EFFECTIVE_SAMPLE / null_sd**2, MIN_DF)
+        pvalues = scipy.stats.t.sf(r_obs / null_sd, df)
+    pvalues = np.where(bad | ~np.isfinite(pvalues), np.nan, pvalues)
+    return ShiftTest(pvalues=pvalues, r=np.where(bad, np.nan, r_obs), null_sd=np.where(bad, np.nan, null_sd),
+                     df=np.where(bad, np.nan, df), n_shifts=int(shifts.size))
+
+
+def ar1_series(rng: np.random.Generator, shape: tuple[int, ...], phi: float) -> np.ndarray:
+    """Stationary unit-variance AR(1) series along axis 0, ``e_t = phi e_{t-1} + sqrt(1 - phi^2) eta_t``.
+
+    Examples
+    --------
+    >>> x = ar1_series(np.random.default_rng(0), (20000, 1), 0.5)
+    >>> round(float(np.corrcoef(x[1:, 0], x[:-1, 0])[0, 1]), 1), round(float(x.std()), 1)
+    (0.5, 1.0)
+    """
+    if not -1 < phi < 1:
+        raise ValueError(f"phi must lie in (-1, 1) for a stationary AR(1), got {phi}")
+    innovations = rng.standard_normal(shape)
+    innovations[1:] *= np.sqrt(1.0 - phi**2)  # the first value is drawn from the stationary law
+    return lfilter([1.0], [1.0, -phi], innovations, axis=0)
+
+
+@dataclass(frozen=True)
+class FalsePositiveRate:
+    """Monte-Carlo false-positive rate of a voxelwise test under an AR(1) null.
+
+    Attributes
+    ----------
+    rate : float
+        Share of null voxels with ``p <= alpha``.
+    mc_se : float
+        Monte-Carlo standard error, ``sqrt(rate (1 - rate) / n_voxels)``.
+    phi, n_trs, n_voxels, alpha, method, block
+    """
+
+    rate: float
+    mc_se: float
+    phi: float
+    n_trs: int
+    n_voxels: int
+    alpha: float
+    method: str
+    block: int
+
+
+def permutation_false_positive_rate(phi: float, n_trs: int, n_voxels: int = 4000, alpha: float = 0.05,
+                                    method: str = "circular", block: int | None = None, n_perm: int = 1000,
+                                    seed: int = 0) -> FalsePositiveRate:
+    """False-positive rate of the voxelwise test when truth and prediction are independent AR(1) series.
+
+    Both series of every voxel are independent stationary AR(1) with
+    coefficient ``phi`` (the hardest case: both slow), so every rejection is
+    a false positive.
+
+    Parameters
+    ----------
+    phi : float in (-1, 1)
+    n_trs, n_voxels : int
+    alpha : float in (0, 1)
+    method : {"circular", "block"}
+        :func:`circular_shift_test` (the pipeline's test) or :func:`block_permutation_test`.
+    block : int or None
+        Block length / smallest shift; None chooses it from the simulated
+        responses (:func:`choose_block_length`), as the pipeline does.
+    n_perm : int
+        Permutations (``"block"``) or the largest number of shifts (``"circular"``).
+    seed : int
+
+    Returns
+    -------
+    FalsePositiveRate
+
+    Examples
+    --------
+    >>> res = permutation_false_positive_rate(0.5, 200, n_voxels=2000)
+    >>> abs(res.rate - 0.05) < 4 * res.mc_se
+    True
+    """
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    if method not in ("circular", "block"):
+        raise ValueError(f"method={method!r}; expected 'circular' or 'block'")
+    rng = np.random.default_rng(seed)
+    y_true = ar1_series(rng, (n_trs, n_voxels), phi)
+    y_pred = ar1_series(rng, (n_trs, n_voxels), phi)
+    if block is None:
+        block = choose_block_length(y_true)
+    if method == "circular":
+        pvalues = circular_shift_test(y_true, y_pred, min_shift=block, n_shifts=n_perm).pvalues
+    else:
+        pvalues = block_permutation_test(y_true, y_pred, block=block, n_perm=n_perm, seed=seed)
+    rate = float(np.mean(pvalues <= alpha))
+    return FalsePositiveRate(rate=rate, mc_se=float(np.sqrt(rate * (1 - rate) / n_voxels)), phi=float(phi),
+                             n_trs=int(n_trs), n_voxels=int(n_voxels), alpha=float(alpha), method=method,
+                             block=int(block))
+
+
 def fdr_bh(pvals: np.ndarray, q: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
     """Benjamini-Hochberg false discovery rate control.
 
@@ -311,7 +609,7 @@ class BootstrapCI:
     estimate : float
         Mean r over valid voxels on the original data.
     ci_low, ci_high : float
-        Percentile interval at level ``ci``.
+        Basic bootstrap interval at level ``ci``: ``2 estimate`` minus the replicates' upper and lower quantiles.
     replicates : array (n_boot,)
         Mean r of each bootstrap replicate.
     ci : float
@@ -326,6 +624,38 @@ class BootstrapCI:
     block: int
 
 
+def bootstrap_block_counts(n_trs: int, block: int, n_boot: int, seed: int | None = 0) -> np.ndarray:
+    """The shared bootstrap draws: how often each block is drawn in each replicate.
+
+    The TRs are cut into ``ceil(n_trs / block)`` consecutive blocks (the last
+    may be shorter); each replicate draws as many blocks with replacement.
+    The draws depend only on ``(n_trs, block, n_boot, seed)``: every checkpoint
+    and layer of a run scored on the same test TRs gets the same draws, so
+    their replicates are paired (a difference between checkpoints is computed
+    replicate by replicate).
+
+    Returns
+    -------
+    array (n_boot, n_blocks) of int
+
+    Examples
+    --------
+    >>> c = bootstrap_block_counts(25, 10, n_boot=4, seed=0)
+    >>> c.shape, c.sum(axis=1).tolist()
+    ((4, 3), [3, 3, 3, 3])
+    >>> bool((c == bootstrap_block_counts(25, 10, n_boot=4, seed=0)).all())
+    True
+    """
+    if n_boot < 2:
+        raise ValueError(f"n_boot must be >= 2, got {n_boot}")
+    if block < 1 or n_trs < 2 * block:
+        raise ValueError(f"need at least 2 blocks of {block} TRs, got {n_trs} TRs")
+    n_blocks = -(-n_trs // block)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n_blocks, (n_boot, n_blocks))
+    return np.stack([np.bincount(row, minlength=n_blocks) for row in draws])
+
+
 def bootstrap_score_ci(
     y_true: np.ndarray,
     y_pred: np.ndarray,
@@ -334,14 +664,19 @@ def bootstrap_score_ci(
     seed: int | None = 0,
     ci: float = 0.95,
     voxels: np.ndarray | None = None,
+    counts: np.ndarray | None = None,
 ) -> BootstrapCI:
     """Block-bootstrap CI of the mean voxelwise r (the brain score).
 
     The TRs are cut into consecutive blocks of ``block`` rows (the last one may
-    be shorter); a replicate draws as many blocks with replacement, recomputes
-    each voxel's Pearson r on the drawn rows and averages r over the valid
-    voxels. Vectorised with per-block sums (of x, y, x^2, y^2, xy): a replicate
-    is a vector of block counts ``c`` and its sums are ``c @ S``.
+    be shorter); a replicate draws as many blocks with replacement
+    (:func:`bootstrap_block_counts`), recomputes each voxel's Pearson r on the
+    drawn rows and averages r over the valid voxels. Vectorised with per-block
+    sums (of x, y, x^2, y^2, xy): a replicate is a vector of block counts ``c``
+    and its sums are ``c @ S``. Voxels are not resampled: the score is the mean
+    over this brain's fixed set of voxels (not a sample from a population of
+    voxels), and the test-time noise that the blocks resample already carries
+    the voxels' shared variability.
 
     Parameters
     ----------
@@ -352,6 +687,9 @@ def bootstrap_score_ci(
     ci : float in (0, 1)
     voxels : bool array (n_voxels,) or None
         Voxels to average over (default: all voxels not constant in either array).
+    counts : int array (n_boot, n_blocks) or None
+        Draws to use (from :func:`bootstrap_block_counts`); default: drawn from
+        ``(n_trs, block, n_boot, seed)``, which gives the same draws.
 
     Returns
     -------
@@ -368,11 +706,16 @@ def bootstrap_score_ci(
     y_true, y_pred = check_pair(y_true, y_pred)
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie in (0, 1), got {ci}")
-    if n_boot < 2:
-        raise ValueError(f"n_boot must be >= 2, got {n_boot}")
     n_trs, n_voxels = y_true.shape
-    if block < 1 or n_trs < 2 * block:
-        raise ValueError(f"need at least 2 blocks of {block} TRs, got {n_trs} TRs")
+    if counts is None:
+        counts = bootstrap_block_counts(n_trs, block, n_boot, seed)
+    counts = np.asarray(counts, dtype=float)
+    starts = np.arange(0, n_trs, block)
+    n_blocks = len(starts)
+    if counts.ndim != 2 or counts.shape[1] != n_blocks or counts.shape[0] < 2:
+        raise ValueError(f"counts has shape {counts.shape}, expected (n_boot >= 2, {n_blocks}) for "
+                         f"{n_trs} TRs in blocks of {block}")
+    n_boot = counts.shape[0]
     _, bad_true = _standardise_columns(y_true)
     _, bad_pred = _standardise_columns(y_pred)
     valid = ~(bad_true | bad_pred)
@@ -389,14 +732,8 @@ def bootstrap_score_ci(
     x = x - x.mean(axis=0)
     y = y - y.mean(axis=0)
 
-    starts = np.arange(0, n_trs, block)
-    n_blocks = len(starts)
     lengths = np.diff(np.append(starts, n_trs)).astype(float)
     sums = [np.add.reduceat(a, starts, axis=0) for a in (x, y, x * x, y * y, x * y)]
-
-    rng = np.random.default_rng(seed)
-    counts = np.stack([np.bincount(rng.integers(0, n_blocks, n_blocks), minlength=n_blocks) for _ in range(n_boot)])
-    counts = counts.astype(float)
     replicates = np.empty(n_boot)
     chunk = max(1, MAX_CHUNK_ELEMENTS // (5 * x.shape[1]))
     for start in range(0, n_boot, chunk):
@@ -414,7 +751,90 @@ def bootstrap_score_ci(
 
     estimate = float(np.mean((x * y).sum(0) / np.sqrt((x * x).sum(0) * (y * y).sum(0))))
     tail = (1.0 - ci) / 2.0
-    low, high = np.quantile(replicates, [tail, 1.0 - tail])
+    quantile_low, quantile_high = np.quantile(replicates, [tail, 1.0 - tail])
+    # Basic (reflected) interval: r is biased towards 0 on short autocorrelated series and the replicates
+    # repeat that bias, so reflecting about the estimate removes it (Davison & Hinkley 1997, eq. 5.6).
+    low, high = 2.0 * estimate - quantile_high, 2.0 * estimate - quantile_low
     return BootstrapCI(
         estimate=estimate, ci_low=float(low), ci_high=float(high), replicates=replicates, ci=ci, block=block
     )
+
+
+# --------------------------------------------------------------------------- split-half ceiling
+
+
+@dataclass(frozen=True)
+class SplitHalfCeiling:
+    """Voxels chosen on one half of the repeats, their ceiling from the other half.
+
+    Attributes
+    ----------
+    selected : bool array (n_voxels,)
+        Voxels whose even-repeat reliability passes BH-FDR at ``q``.
+    cc_max : array (n_voxels,)
+        Ceiling on the mean of all repeats estimated from the odd repeats only,
+        ``sqrt(SP_odd / (SP_odd + (V_odd - SP_odd) / N))`` (NaN where undefined).
+    reliability_p : array (n_voxels,)
+        p-value of the even repeats' mutual correlation (:func:`circular_shift_test`).
+    n_repeats : int
+    q : float
+    """
+
+    selected: np.ndarray
+    cc_max: np.ndarray
+    reliability_p: np.ndarray
+    n_repeats: int
+    q: float
+
+
+def split_half_ceiling(repeats: np.ndarray, q: float = 0.05, min_shift: int = DEFAULT_BLOCK) -> SplitHalfCeiling:
+    """Choose voxels and estimate their ceiling on independent halves of the repeats.
+
+    Selection (even repeats 0, 2, ...): the correlation of the mean of the
+    first half of the even repeats with the mean of the second half, tested
+    with :func:`circular_shift_test` and BH-FDR at ``q``. Ceiling (odd repeats
+    1, 3, ...): the unbiased signal power ``SP`` and mean single-repeat
+    variance ``V`` of :func:`noise_ceiling` on the odd repeats give the ceiling
+    on the mean of all ``N`` repeats, ``CC_max = sqrt(SP / (SP + (V - SP) / N))``
+    (``SP`` clipped at 0). Because the two halves have independent noise, the
+    selection does not bias the ceiling upwards (clipping on noise voxels is
+    what inflated the all-voxel ceiling).
+
+    Parameters
+    ----------
+    repeats : array (n_repeats >= 4, n_trs, n_voxels)
+    q : float in (0, 1)
+    min_shift : int
+        Smallest circular shift of the reliability test (TRs).
+
+    Returns
+    -------
+    SplitHalfCeiling
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> signal = np.concatenate([rng.standard_normal((1, 300, 20)), np.zeros((1, 300, 20))], axis=2)
+    >>> res = split_half_ceiling(signal + rng.standard_normal((4, 300, 40)))
+    >>> int(res.selected[:20].sum()), int(res.selected[20:].sum())
+    (20, 0)
+    """
+    repeats = np.asarray(repeats, dtype=float)
+    if repeats.ndim != 3:
+        raise ValueError(f"repeats must be (n_repeats, n_trs, n_voxels), got shape {repeats.shape}")
+    n_repeats = repeats.shape[0]
+    if n_repeats < MIN_SPLIT_REPEATS:
+        raise ValueError(f"a split-half ceiling needs at least {MIN_SPLIT_REPEATS} repeats, got {n_repeats}")
+    even, odd = repeats[0::2], repeats[1::2]
+    half = even.shape[0] // 2
+    reliability = circular_shift_test(even[:half].mean(axis=0), even[half:].mean(axis=0), min_shift=min_shift)
+    selected, _ = fdr_bh(reliability.pvalues, q)
+    odd_ceiling = noise_ceiling(odd)
+    power = np.clip(odd_ceiling.signal_power, 0.0, None)
+    single_var = odd.var(axis=1).mean(axis=0)
+    expected_var_of_mean = power + (single_var - power) / n_repeats
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cc_max = np.sqrt(power / expected_var_of_mean)
+    cc_max = np.where(np.isfinite(cc_max), np.clip(cc_max, 0.0, 1.0), np.nan)
+    return SplitHalfCeiling(selected=selected & np.isfinite(cc_max), cc_max=cc_max,
+                            reliability_p=reliability.pvalues, n_repeats=n_repeats, q=q)

@@ -7,9 +7,11 @@ builds the TR-level design per layer (:mod:`triphase.brain.timeseries`: Lanczos
 downsampling, trimming, z-scoring, FIR delays), fits a voxelwise ridge model
 with leave-stories-out cross-validation (:mod:`triphase.brain.encoding`), predicts
 the held-out test story and scores it (Pearson r per voxel; whole-brain,
-top-10% and per-region means; noise-ceiling normalisation), with a
-block-permutation test, Benjamini-Hochberg FDR and a block-bootstrap CI
-(:mod:`triphase.brain.statistics`). For the final checkpoint it also scores controls:
+top-10% and per-region means; a noise-ceiling normalised score over voxels
+chosen on independent repeats), with a circular-shift test, Benjamini-Hochberg
+FDR and a block-bootstrap CI whose draws are shared by every checkpoint
+(:mod:`triphase.brain.statistics`; the block length comes from the test
+responses' autocorrelation). For the final checkpoint it also scores controls:
 
 * ``shuffled-stories``: each story gets the TR-level design of another story
   (cyclic shift of the story list, tiled/cropped to the right length), i.e.
@@ -21,8 +23,13 @@ block-permutation test, Benjamini-Hochberg FDR and a block-bootstrap CI
 
 Results: ``brain.parquet`` (one row per checkpoint x layer x region x
 features) in :func:`triphase.results_dir`, and the voxelwise r of every fit in
-``voxel_r/<checkpoint>.npz`` beside it, with ``brain_voxels.npz`` (region
-labels and noise ceiling per voxel). Per-checkpoint results are cached, keyed
+``voxel_r/<checkpoint>.npz`` beside it (keys ``layer<l>_<features>``, and
+``p_layer<l>_<features>`` for the voxelwise p-values), with ``brain_voxels.npz``
+(region labels, noise ceiling per voxel, the independently chosen ceiling
+voxels), and the bootstrap replicates in ``brain_replicates.parquet`` (columns
+:data:`REPLICATE_COLUMNS`: one row per checkpoint x layer x region x features
+x replicate; replicate ``i`` uses the same resampled test blocks at every
+checkpoint, so differences and fits across checkpoints use joint replicates). Per-checkpoint results are cached, keyed
 by everything that determines them, so a re-run recomputes nothing.
 
 Examples
@@ -43,6 +50,7 @@ import pandas as pd
 from triphase._home import cache_dir, results_dir
 from triphase._io import atomic_dir, atomic_path, stable_hash, write_parquet
 from triphase._progress import tqdm
+from triphase.brain.baseline import baseline_design, dataset_phone_times, unique_variance
 from triphase.brain.encoding import (
     ALL_REGIONS,
     DEFAULT_ALPHAS,
@@ -51,7 +59,19 @@ from triphase.brain.encoding import (
     fit_encoding_model,
     score_voxels,
 )
-from triphase.brain.statistics import DEFAULT_BLOCK, block_permutation_test, bootstrap_score_ci, fdr_bh, noise_ceiling
+from triphase.brain.statistics import (
+    MIN_BLOCK,
+    MIN_BLOCKS,
+    MIN_SPLIT_REPEATS,
+    SplitHalfCeiling,
+    bootstrap_block_counts,
+    bootstrap_score_ci,
+    choose_block_length,
+    circular_shift_test,
+    fdr_bh,
+    noise_ceiling,
+    split_half_ceiling,
+)
 from triphase.brain.timeseries import DEFAULT_DELAYS, check_rows, make_delayed, story_design
 from triphase.datasets import get_dataset
 from triphase.models.checkpoints import select_checkpoints
@@ -62,7 +82,7 @@ from triphase.models.loading import load_checkpoint, release, resolve_device
 from triphase.models.series import get_series
 
 #: Bump when the scores' computation changes (keys the per-checkpoint cache).
-BRAIN_RESULTS_VERSION = 2
+BRAIN_RESULTS_VERSION = 4
 #: Control feature sets (label -> description), besides the model's own features ("model").
 CONTROLS = {
     "shuffled-stories": "TR-level design of another story (misaligned in time)",
@@ -70,11 +90,17 @@ CONTROLS = {
     "random-words": "Gaussian vector per word, downsampled (word-rate baseline, not a null)",
 }
 MODEL_FEATURES = "model"
+#: What the low-level baseline and the banded ridge add to the best layer's rows (region means over voxels).
+UNIQUE_COLUMNS = ("r_baseline", "r_joint", "r2_baseline", "r2_joint", "r2_unique")
 #: FDR level for the fraction of significant voxels.
 DEFAULT_FDR_Q = 0.05
 #: Region label of voxels outside every region (not given a row of their own).
 NO_REGION = "none"
 BRAIN_TABLE = "brain.parquet"
+#: Bootstrap replicates of every score (the contract read by the phase analysis).
+REPLICATES_TABLE = "brain_replicates.parquet"
+REPLICATE_COLUMNS = ["series", "checkpoint", "step", "dataset", "subject", "layer", "region", "features",
+                     "replicate", "score_mean"]
 VOXEL_FILE = "brain_voxels.npz"
 #: Seed offsets so that each control draws independent random numbers.
 RANDOM_DESIGN_STREAM, RANDOM_WORDS_STREAM = 101, 102
@@ -111,7 +137,10 @@ class BrainData:
             raise ValueError(f"stories have different voxel counts: {sorted(widths)}")
         self.n_voxels = widths.pop()
         self.y_test = np.concatenate([self.responses[s] for s in self.test])
-        self.ceiling = self._ceiling()
+        self.block = self._block_length()
+        repeats = self._repeats()
+        self.ceiling = None if repeats is None else noise_ceiling(repeats).cc_max
+        self.split_ceiling = self._split_ceiling(repeats)
         space = dataset.voxel_space(subject)
         regions = space.regions
         if regions is not None:
@@ -125,7 +154,14 @@ class BrainData:
             [(s, list(self.responses[s].shape), float(np.nansum(self.responses[s], dtype=np.float64)))
              for s in self.stories])
 
-    def _ceiling(self) -> np.ndarray | None:
+    def _block_length(self) -> int:
+        """Block length (TRs) from the test responses' autocorrelation (the same for every checkpoint)."""
+        n_trs = self.y_test.shape[0]
+        # A very short test story cannot hold MIN_BLOCKS blocks of MIN_BLOCK TRs: shorter blocks then.
+        shortest = max(1, min(MIN_BLOCK, n_trs // MIN_BLOCKS))
+        return choose_block_length(self.y_test, min_block=shortest)
+
+    def _repeats(self) -> np.ndarray | None:
         repeats = [self.dataset.repeats(self.subject, s) for s in self.test]
         if any(r is None for r in repeats):
             return None
@@ -136,7 +172,13 @@ class BrainData:
         stacked = np.concatenate([np.asarray(r, dtype=float) for r in repeats], axis=1)
         if stacked.shape[1:] != self.y_test.shape:
             raise ValueError(f"repeats have shape {stacked.shape[1:]} but the test responses {self.y_test.shape}")
-        return noise_ceiling(stacked).cc_max
+        return stacked
+
+    def _split_ceiling(self, repeats: np.ndarray | None) -> SplitHalfCeiling | None:
+        """Ceiling voxels chosen on the even repeats, their ceiling from the odd ones (None: < 4 repeats)."""
+        if repeats is None or repeats.shape[0] < MIN_SPLIT_REPEATS:
+            return None
+        return split_half_ceiling(repeats, q=DEFAULT_FDR_Q, min_shift=self.block)
 
     def region_masks(self) -> dict[str, np.ndarray]:
         masks = {ALL_REGIONS: np.ones(self.n_voxels, dtype=bool)}
@@ -148,6 +190,30 @@ class BrainData:
 
 
 # --------------------------------------------------------------------------- one fit
+def _ceiling_columns(row: dict, voxel_r: np.ndarray, region_valid: np.ndarray, data: BrainData,
+                     prediction: np.ndarray, block: int, counts: np.ndarray) -> None:
+    """Normalised score over the independently chosen ceiling voxels of a region (in place)."""
+    nan = float("nan")
+    row.update(n_ceiling_voxels=0, score_ceiling_voxels=nan, ceiling_mean=nan, score_ceiling_normalised=nan,
+               ci_low_ceiling_normalised=nan, ci_high_ceiling_normalised=nan)
+    split = data.split_ceiling
+    if split is None:
+        return
+    chosen = region_valid & split.selected
+    row["n_ceiling_voxels"] = int(chosen.sum())
+    if not chosen.any():
+        return
+    ceiling_mean = float(split.cc_max[chosen].mean())
+    row["score_ceiling_voxels"] = float(voxel_r[chosen].mean())
+    row["ceiling_mean"] = ceiling_mean
+    row["score_ceiling_normalised"] = row["score_ceiling_voxels"] / ceiling_mean
+    # The denominator comes from the other half of the repeats and is held fixed: the interval is the
+    # paired bootstrap interval of the numerator, scaled.
+    boot = bootstrap_score_ci(data.y_test, prediction, block=block, voxels=chosen, counts=counts)
+    row["ci_low_ceiling_normalised"] = boot.ci_low / ceiling_mean
+    row["ci_high_ceiling_normalised"] = boot.ci_high / ceiling_mean
+
+
 def evaluate_design(
     data: BrainData,
     design: dict[str, np.ndarray],
@@ -157,10 +223,11 @@ def evaluate_design(
     n_perm: int = 1000,
     n_boot: int = 1000,
     seed: int = 0,
-    block: int = DEFAULT_BLOCK,
+    block: int | None = None,
     q: float = DEFAULT_FDR_Q,
     backend: str = "numpy",
-) -> tuple[pd.DataFrame, np.ndarray]:
+    return_details: bool = False,
+):
     """Fit, predict the test story and summarise one TR-level design (before delays).
 
     Parameters
@@ -168,14 +235,25 @@ def evaluate_design(
     data : BrainData
     design : dict story -> array (n_rows, n_features)
         Undelayed design; rows must match the responses story by story.
+    n_perm : int
+        Largest number of circular shifts of the significance test (all allowed shifts when fewer).
+    n_boot, seed : int
+        Bootstrap replicates and their seed: with the test TRs and the block length they fix the draws
+        (:func:`triphase.brain.statistics.bootstrap_block_counts`), the same for every design.
+    block : int or None
+        Block length and smallest circular shift (TRs); None = ``data.block`` (from the data's autocorrelation).
+    return_details : bool
+        Also return a dict with ``pvalues`` (voxelwise) and ``replicates`` (region -> array (n_boot,)).
 
     Returns
     -------
     rows : DataFrame, one row per region (``all`` first)
     voxel_r : array (n_voxels,), NaN for excluded voxels
+    details : dict, only if ``return_details``
     """
     for story in data.stories:
         check_rows(story, design[story].shape[0], data.responses[story].shape[0])
+    block = data.block if block is None else int(block)
     X = {s: make_delayed(np.asarray(design[s], dtype=np.float32), delays) for s in data.stories}
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -185,19 +263,24 @@ def evaluate_design(
     fit_seconds = time.perf_counter() - start
     voxel_r = score_voxels(data.y_test, prediction)
     scores = brain_scores(voxel_r, model.cv_scores_, data.regions, data.ceiling).to_frame()
-    pvalues = block_permutation_test(data.y_test, prediction, block=block, n_perm=n_perm, seed=seed)
-    pvalues = np.where(np.isfinite(voxel_r), pvalues, np.nan)
+    test = circular_shift_test(data.y_test, np.nan_to_num(prediction), min_shift=block, n_shifts=n_perm)
+    pvalues = np.where(np.isfinite(voxel_r), test.pvalues, np.nan)
     significant, _ = fdr_bh(pvalues, q)  # corrected over the whole brain
-    rows = []
+    # One set of draws for every region and design (and, through the seed, every checkpoint): paired replicates.
+    counts = bootstrap_block_counts(data.y_test.shape[0], block, n_boot, seed)
+    rows, replicates = [], {}
     for region, mask in data.region_masks().items():
         valid = mask & np.isfinite(voxel_r)
         row = scores.loc[scores["region"] == region].iloc[0].to_dict()
         if valid.sum() >= 1:
-            boot = bootstrap_score_ci(data.y_test, prediction, block=block, n_boot=n_boot, seed=seed, voxels=valid)
+            boot = bootstrap_score_ci(data.y_test, prediction, block=block, voxels=valid, counts=counts)
             row["ci_low"], row["ci_high"] = boot.ci_low, boot.ci_high
+            replicates[region] = boot.replicates
         else:
             row["ci_low"] = row["ci_high"] = float("nan")
+        _ceiling_columns(row, voxel_r, valid, data, prediction, block, counts)
         row["frac_significant"] = float(significant[valid].mean()) if valid.any() else float("nan")
+        row["n_significant"] = int(significant[valid].sum())
         cv = model.cv_scores_[valid]
         row["cv_score_mean"] = float(np.nanmean(cv)) if np.isfinite(cv).any() else float("nan")
         row["n_excluded"] = int(mask.sum() - valid.sum())
@@ -208,8 +291,13 @@ def evaluate_design(
         row["n_train_trs"] = int(model.n_samples_)
         row["n_test_trs"] = int(data.y_test.shape[0])
         row["n_excluded_train"] = int(model.n_excluded_)
+        row["block_trs"] = block
+        row["n_shifts"] = test.n_shifts
+        row["n_boot"] = int(counts.shape[0])
         row["fit_seconds"] = fit_seconds
         rows.append(row)
+    if return_details:
+        return pd.DataFrame(rows), voxel_r, {"pvalues": pvalues, "replicates": replicates}
     return pd.DataFrame(rows), voxel_r
 
 
@@ -303,17 +391,54 @@ def _checkpoint_key(checkpoint, data, settings) -> str:
     })
 
 
+def _with_unique_variance(table: pd.DataFrame, data: BrainData, features: dict, settings: dict,
+                          on_fit=None) -> pd.DataFrame:
+    """Add the low-level baseline's and the model's unique variance at the checkpoint's best layer (in place).
+
+    The layer is the model layer with the best whole-brain cross-validated r on
+    the training stories (the rule of :func:`best_layers`); its rows get the
+    region means of :data:`UNIQUE_COLUMNS` (NaN on every other row).
+    """
+    model_rows = table[(table["features"] == MODEL_FEATURES) & (table["region"] == ALL_REGIONS)]
+    layer = int(model_rows.loc[model_rows["cv_score_mean"].idxmax(), "layer"])
+    if on_fit is not None:
+        on_fit(f"baseline and banded ridge: layer {layer}")
+    design = {s: story_design(features[s][layer], data.timings[s].midpoints, data.timings[s].tr_times,
+                              data.timings[s].trim, story=s) for s in data.stories}
+    baseline = baseline_design(data.timings, dataset_phone_times(data.dataset, data.stories))
+    result = unique_variance(data.responses, data.train, data.test, baseline, design, data.region_masks(),
+                             delays=settings["delays"], n_splits=settings["n_splits"], backend=settings["backend"])
+    means = result.regions.set_index("region")
+    for column in UNIQUE_COLUMNS:
+        table[column] = np.nan
+    chosen = (table["features"] == MODEL_FEATURES) & (table["layer"] == layer)
+    for column in UNIQUE_COLUMNS:
+        table.loc[chosen, column] = table.loc[chosen, "region"].map(means[column]).to_numpy(dtype=float)
+    table["n_baseline_features"] = result.n_baseline_features
+    return table
+
+
 def score_checkpoint(checkpoint, data: BrainData, settings: dict, controls: Sequence[str] = (),
-                     device="auto", dtype=None, on_fit=None) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """All layers (and controls) of one checkpoint: result rows and voxelwise r, cached on disk.
+                     device="auto", dtype=None, on_fit=None) -> tuple[pd.DataFrame, dict[str, np.ndarray], pd.DataFrame]:
+    """All layers (and controls) of one checkpoint: result rows, voxel maps and bootstrap replicates, cached.
 
     ``on_fit(message)`` is called before each fit (progress reporting).
+
+    Returns
+    -------
+    table : DataFrame
+        One row per layer x region x features.
+    voxel_maps : dict
+        ``layer<l>_<features>`` -> voxelwise r, ``p_layer<l>_<features>`` -> voxelwise p.
+    replicates : DataFrame
+        :data:`REPLICATE_COLUMNS`, one row per layer x region x features x replicate.
     """
     key = _checkpoint_key(checkpoint, data, {**settings, "controls": sorted(controls)})
     folder = cache_dir("brain") / checkpoint.series / checkpoint.name / key
     if (folder / "rows.parquet").exists():
         with np.load(folder / "voxel_r.npz") as stored:
-            return pd.read_parquet(folder / "rows.parquet"), {k: stored[k] for k in stored.files}
+            return (pd.read_parquet(folder / "rows.parquet"), {k: stored[k] for k in stored.files},
+                    pd.read_parquet(folder / "replicates.parquet"))
 
     features = checkpoint_features(checkpoint, data, settings["context"], device, dtype, settings["batch_size"])
     n_states = next(iter(features.values())).shape[0]
@@ -323,7 +448,7 @@ def score_checkpoint(checkpoint, data: BrainData, settings: dict, controls: Sequ
         raise ValueError(f"layers {bad} out of range for {checkpoint.name}: hidden states 0..{n_states - 1}")
     fit_kwargs = {k: settings[k] for k in ("alphas", "delays", "n_splits", "n_perm", "n_boot", "seed", "block", "q",
                                             "backend")}
-    frames, voxel_r = [], {}
+    frames, voxel_r, replicate_frames = [], {}, []
     jobs = [(layer, MODEL_FEATURES) for layer in layers] + [(layer, c) for c in controls for layer in layers]
     for i, (layer, kind) in enumerate(jobs):
         if on_fit is not None:
@@ -332,23 +457,36 @@ def score_checkpoint(checkpoint, data: BrainData, settings: dict, controls: Sequ
                                   data.timings[s].trim, story=s) for s in data.stories}
         if kind != MODEL_FEATURES:
             design = control_design(kind, data, design, settings["seed"] + layer, features[data.stories[0]].shape[2])
-        rows, r = evaluate_design(data, design, **fit_kwargs)
+        rows, r, details = evaluate_design(data, design, **fit_kwargs, return_details=True)
         rows.insert(0, "features", kind)
         rows.insert(0, "layer", layer)
         rows["n_layers"] = n_states - 1
         frames.append(rows)
         voxel_r[f"layer{layer}_{kind}"] = r.astype(np.float32)
+        voxel_r[f"p_layer{layer}_{kind}"] = details["pvalues"]
+        for region, values in details["replicates"].items():
+            replicate_frames.append(pd.DataFrame({
+                "layer": layer, "region": region, "features": kind,
+                "replicate": np.arange(values.size, dtype=np.int64), "score_mean": values}))
     table = pd.concat(frames, ignore_index=True)
+    if settings.get("baseline", False):
+        table = _with_unique_variance(table, data, features, settings, on_fit)
     for name, value in reversed(list(checkpoint.columns().items())):
         table.insert(0, name, value)
     table.insert(5, "dataset", data.dataset.name)
     table.insert(6, "subject", data.subject)
     table["dataset_tier"] = data.dataset.tier
     table["context"] = settings["context"]
+    replicates = pd.concat(replicate_frames, ignore_index=True)
+    for name, value in (("subject", data.subject), ("dataset", data.dataset.name), ("step", checkpoint.step),
+                        ("checkpoint", checkpoint.name), ("series", checkpoint.series)):
+        replicates.insert(0, name, value)
+    replicates = replicates[REPLICATE_COLUMNS]
     with atomic_dir(folder) as tmp:
         table.to_parquet(tmp / "rows.parquet", index=False)
+        replicates.to_parquet(tmp / "replicates.parquet", index=False)
         np.savez(tmp / "voxel_r.npz", **voxel_r)
-    return table, voxel_r
+    return table, voxel_r, replicates
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -368,11 +506,12 @@ def brain_alignment(
     dtype=None,
     delays: Sequence[int] = DEFAULT_DELAYS,
     n_splits: int = DEFAULT_N_SPLITS,
-    block: int = DEFAULT_BLOCK,
+    block: int | None = None,
     q: float = DEFAULT_FDR_Q,
     backend: str = "auto",
     batch_size: int = DEFAULT_BATCH_SIZE,
     dataset_options: dict | None = None,
+    baseline: bool = True,
     write: bool = True,
     progress: bool = True,
 ) -> pd.DataFrame:
@@ -394,22 +533,29 @@ def brain_alignment(
     alphas : array
         Ridge penalties (log grid).
     n_perm, n_boot : int
-        Block permutations and bootstrap replicates.
+        Largest number of circular shifts of the significance test, and bootstrap replicates.
     seed : int
     controls : sequence of str
         Controls scored for the final checkpoint (:data:`CONTROLS`).
     device, dtype : str
         Where and in which dtype the checkpoints run.
     delays, n_splits, block, q :
-        FIR delays (TRs), CV folds, block length (TRs), FDR level.
+        FIR delays (TRs), CV folds, block length (TRs; None = from the test responses' autocorrelation,
+        :func:`triphase.brain.statistics.choose_block_length`), FDR level.
     backend : str
         himalaya backend; ``"auto"`` = ``torch_cuda`` when the device is a GPU, else ``numpy``.
     batch_size : int
         Windows per forward pass.
     dataset_options : dict, optional
         Passed to :func:`triphase.datasets.get_dataset` (e.g. ``{"preset": "tiny"}``).
+    baseline : bool
+        At each checkpoint's best layer (cross-validated on the training stories), fit the low-level
+        baseline (word rate, word length, phoneme rate where the dataset has phones) alone and jointly
+        with the layer (banded ridge, :func:`triphase.brain.baseline.unique_variance`): the columns
+        :data:`UNIQUE_COLUMNS`, ``r2_unique`` being the variance the model explains beyond the baseline.
     write : bool
-        Write ``brain.parquet``, ``voxel_r/`` and ``brain_voxels.npz`` to the results folder.
+        Write ``brain.parquet``, ``brain_replicates.parquet``, ``voxel_r/`` and ``brain_voxels.npz`` to the
+        results folder.
     progress : bool
 
     Returns
@@ -418,8 +564,10 @@ def brain_alignment(
         One row per checkpoint x layer x region x features with the join
         columns (series, checkpoint, step, tokens_seen, tier), dataset,
         subject, layer, region, features, score_mean, score_top10,
-        score_ceiling_normalised, ci_low, ci_high, frac_significant,
-        n_voxels, n_excluded, alpha_median, and more (see the methods page).
+        score_ceiling_normalised (over ``n_ceiling_voxels`` voxels chosen on
+        independent repeats), ci_low, ci_high, frac_significant, block_trs,
+        n_voxels, n_excluded, alpha_median, the baseline columns (:data:`UNIQUE_COLUMNS`, best layer
+        only) and more (see the methods page).
     """
 
 
@@ -430,15 +578,18 @@ def brain_alignment(
     chosen = select_checkpoints(ser.checkpoints, checkpoints)
     ds = get_dataset(dataset, **(dataset_options or {})) if isinstance(dataset, str) else dataset
     data = BrainData(ds, subject)
+    if block is not None and int(block) < 1:
+        raise ValueError(f"block must be None (from the data) or >= 1 TR, got {block}")
+    block = data.block if block is None else int(block)
     if backend == "auto":
         backend = "torch_cuda" if resolve_device(device).startswith("cuda") else "numpy"
     settings = dict(
         context=None, layers=None if layers is None else [int(x) for x in layers],
         alphas=[float(a) for a in np.asarray(alphas, dtype=float)], delays=[int(d) for d in delays],
         n_splits=int(n_splits), n_perm=int(n_perm), n_boot=int(n_boot), seed=int(seed), block=int(block),
-        q=float(q), backend=backend, batch_size=int(batch_size),
+        q=float(q), backend=backend, batch_size=int(batch_size), baseline=bool(baseline),
     )
-    frames, voxel_maps = [], {}
+    frames, voxel_maps, replicate_frames = [], {}, []
     final = ser.checkpoints[-1].name
     log = SweepLog("brain alignment")
     bar = tqdm(chosen, desc="brain alignment", unit="checkpoint", disable=not progress)
@@ -450,8 +601,9 @@ def brain_alignment(
 
         with log.skip_if_missing(ckpt):
             settings["context"] = _resolve_context(ckpt, context)
-            table, voxel_r = score_checkpoint(ckpt, data, settings, ckpt_controls, device, dtype, report)
+            table, voxel_r, replicates = score_checkpoint(ckpt, data, settings, ckpt_controls, device, dtype, report)
             frames.append(table)
+            replicate_frames.append(replicates)
             voxel_maps[ckpt.name] = voxel_r
     log.check_any_done(chosen)
     flags = checkpoint_flags(chosen, log, device=device, dtype=dtype)
@@ -465,23 +617,41 @@ def brain_alignment(
                     np.savez(handle, **maps)
         with atomic_path(out / VOXEL_FILE) as tmp:
             with open(tmp, "wb") as handle:
+                split = data.split_ceiling
                 np.savez(handle, regions=np.asarray(data.regions if data.regions is not None else []).astype(str),
-                         cc_max=np.asarray(data.ceiling if data.ceiling is not None else []))
+                         cc_max=np.asarray(data.ceiling if data.ceiling is not None else []),
+                         ceiling_voxels=np.asarray(split.selected if split is not None else [], dtype=bool),
+                         cc_max_split=np.asarray(split.cc_max if split is not None else []))
+        write_parquet(pd.concat(replicate_frames, ignore_index=True), out / REPLICATES_TABLE)
         write_parquet(result, out / BRAIN_TABLE)
     return result
 
 
 def load_voxel_r(series: str, dataset: str, subject: str, checkpoint: str, layer: int,
-                 features: str = MODEL_FEATURES) -> np.ndarray:
+                 features: str = MODEL_FEATURES, _prefix: str = "") -> np.ndarray:
     """Voxelwise test r written by :func:`brain_alignment` (array (n_voxels,))."""
     path = results_dir(series, dataset, subject, create=False) / "voxel_r" / f"{checkpoint}.npz"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: run brain_alignment for checkpoint {checkpoint!r} first")
     with np.load(path) as maps:
-        key = f"layer{layer}_{features}"
+        key = f"{_prefix}layer{layer}_{features}"
         if key not in maps.files:
             raise KeyError(f"{path} has no {key!r}; available: {', '.join(maps.files)}")
         return maps[key]
+
+
+def load_voxel_p(series: str, dataset: str, subject: str, checkpoint: str, layer: int,
+                 features: str = MODEL_FEATURES) -> np.ndarray:
+    """Voxelwise p-values (circular-shift test) written by :func:`brain_alignment` (array (n_voxels,))."""
+    return load_voxel_r(series, dataset, subject, checkpoint, layer, features, _prefix="p_")
+
+
+def load_replicates(series: str, dataset: str, subject: str) -> pd.DataFrame:
+    """Bootstrap replicates written by :func:`brain_alignment` (columns :data:`REPLICATE_COLUMNS`)."""
+    path = results_dir(series, dataset, subject, create=False) / REPLICATES_TABLE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run brain_alignment first")
+    return pd.read_parquet(path)
 
 
 def best_layers(table: pd.DataFrame, by: str = "cv_score_mean", region: str = ALL_REGIONS) -> pd.DataFrame:

@@ -214,6 +214,21 @@ class LeBel2023(Dataset):
         self._timings[story] = timings
         return timings
 
+    def phone_times(self, story: str) -> np.ndarray:
+        """Midpoints (s) of the phones of a story (TextGrid tier 1), silences and markers dropped.
+
+        The phoneme-rate regressor of the low-level baseline
+        (:func:`triphase.brain.baseline.dataset_phone_times`) counts these.
+        """
+        path = self.derivative / "TextGrids" / f"{story}.TextGrid"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing; fetch it with "
+                                    f"`{fetch_hint(stories=[story], root=self.root)}`")
+        grid = read_textgrid(path)
+        phones = grid.tiers[PHONE_TIER].intervals
+        return np.array([(i.xmin + i.xmax) / 2 for i in phones
+                         if clean_word(i.text) and clean_word(i.text) not in DROPPED_MARKERS], dtype=float)
+
     def responses(self, subject: str, story: str) -> np.ndarray:
         path = self._response_path(subject, story)
         if not path.exists():

@@ -17,6 +17,29 @@ most ``C + 2 S (n_windows - 1)``, about twice the story's tokens. One forward
 pass per window serves every layer; windows of equal length are batched, and
 everything runs under :func:`torch.inference_mode`.
 
+Speed: only the backbone runs (``model.base_model`` with
+``output_hidden_states=True`` and no key/value cache), so the LM head and its
+``batch x C x vocabulary`` logits are never computed; each layer's hidden states
+are indexed at the batch's word positions before the layers are stacked, and
+the result crosses from the device to the CPU once per batch.
+
+Document start (:func:`document_start_ids`): every window begins with the
+token(s) the model saw at the start of a document in training, followed by up
+to ``C - n_start`` story tokens. The first position of a sequence draws a large
+share of attention in a trained transformer (the "attention sink"); without a
+start token that role falls on whatever story token opens the window. The
+convention is the model's own:
+
+* ``"tokenizer"`` (default of :func:`word_hidden_states`): the special tokens
+  the tokenizer itself puts before a text (``add_special_tokens=True``): BOS for
+  Llama-architecture models (Amber, LLM-jp), nothing for GPT-NeoX Pythia, whose
+  training data carry no document separator;
+* ``"eos"``: the end-of-text token, for the organism, which is trained on
+  documents each followed by ``<|endoftext|>`` (:mod:`triphase.models.organism`),
+  so a document starts right after it (:func:`checkpoint_document_start` picks
+  it for embedded-tier checkpoints);
+* ``"bos"`` (the tokenizer's ``bos_token``) or ``"none"``.
+
 Tokens are mapped to words through character offsets
 (``return_offsets_mapping``) of the text ``join.join(words)``; ``join=""``
 supports scripts written without spaces (Japanese), where one token may span two
@@ -57,7 +80,14 @@ DEFAULT_CONTEXT = 256
 #: Windows per forward pass.
 DEFAULT_BATCH_SIZE = 8
 #: Version of the feature cache layout; bump when the extraction changes.
-FEATURE_CACHE_VERSION = 1
+#: 2: windows begin with the model's document-start token(s).
+FEATURE_CACHE_VERSION = 2
+#: Document-start conventions (see the module docstring).
+DOCUMENT_START_CONVENTIONS = ("tokenizer", "eos", "bos", "none")
+#: Convention of the cached features of a hub (real-tier) checkpoint, and of the organism (embedded tier).
+HUB_DOCUMENT_START, ORGANISM_DOCUMENT_START = "tokenizer", "eos"
+#: Text whose tokenisation with and without special tokens reveals what a tokenizer adds before a text.
+SPECIAL_TOKEN_PROBE = "a"
 
 
 # --------------------------------------------------------------------------- word <-> token
@@ -208,6 +238,58 @@ def tokenize_words(tokenizer, words: Sequence[str], join: str = " ") -> tuple[np
     return ids, last_token_of_words(offsets, spans, words)
 
 
+def document_start_ids(tokenizer, convention: str = "tokenizer") -> list[int]:
+    """Token ids the model saw at the start of a document in training (see the module docstring).
+
+    Parameters
+    ----------
+    tokenizer : transformers tokenizer
+    convention : {"tokenizer", "eos", "bos", "none"}
+        ``"tokenizer"``: the special tokens the tokenizer adds before a text with
+        ``add_special_tokens=True`` (empty when it adds none).
+
+    Returns
+    -------
+    list of int
+
+    Examples
+    --------
+    >>> from tokenizers import Tokenizer, models
+    >>> from transformers import PreTrainedTokenizerFast
+    >>> tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<eos>": 0, "a": 1}, unk_token="<eos>")),
+    ...                               eos_token="<eos>")
+    >>> document_start_ids(tok), document_start_ids(tok, "eos")
+    ([], [0])
+    """
+    if convention not in DOCUMENT_START_CONVENTIONS:
+        raise ValueError(f"document_start={convention!r}; expected one of {DOCUMENT_START_CONVENTIONS}")
+    if convention == "none":
+        return []
+    if convention in ("eos", "bos"):
+        token_id = getattr(tokenizer, f"{convention}_token_id", None)
+        if token_id is None:
+            raise ValueError(f"document_start={convention!r} but the tokenizer has no {convention}_token")
+        return [int(token_id)]
+    with_special = list(tokenizer(SPECIAL_TOKEN_PROBE, add_special_tokens=True)["input_ids"])
+    without = list(tokenizer(SPECIAL_TOKEN_PROBE, add_special_tokens=False)["input_ids"])
+    # What precedes the text's own tokens (a tokenizer may also append an end token: not a start).
+    for offset in range(len(with_special) - len(without) + 1):
+        if with_special[offset:offset + len(without)] == without:
+            return [int(i) for i in with_special[:offset]]
+    raise ValueError("the tokenizer's special-token template does not contain the text's own tokens; "
+                     "pass document_start='bos', 'eos' or 'none' explicitly")
+
+
+def checkpoint_document_start(checkpoint) -> str:
+    """The document-start convention of a checkpoint: ``"eos"`` for the organism (embedded tier), else ``"tokenizer"``."""
+    return ORGANISM_DOCUMENT_START if getattr(checkpoint, "tier", None) == "embedded" else HUB_DOCUMENT_START
+
+
+def backbone(model):
+    """The model without its LM head (``model.base_model``; the model itself when it is already a base model)."""
+    return getattr(model, "base_model", model)
+
+
 def word_hidden_states(
     model,
     tokenizer,
@@ -217,6 +299,7 @@ def word_hidden_states(
     layers: Sequence[int] | None = None,
     join: str = " ",
     progress: bool = False,
+    document_start: str = "tokenizer",
 ) -> np.ndarray:
     """Hidden states of every layer at each word's last token, with windowed left context.
 
@@ -226,7 +309,8 @@ def word_hidden_states(
     tokenizer : fast tokenizer (must return offsets)
     words : sequence of str
     context : int or None
-        Maximum tokens per window ``C`` (stride ``C // 2``); None =
+        Maximum tokens per window ``C``, document-start tokens included (story
+        tokens per window ``C - n_start``, stride half of that); None =
         min(:data:`DEFAULT_CONTEXT`, the model's max positions).
     batch_size : int
         Windows per forward pass.
@@ -238,6 +322,8 @@ def word_hidden_states(
         (``""`` for text without spaces).
     progress : bool
         Show a progress bar over batches.
+    document_start : {"tokenizer", "eos", "bos", "none"}
+        Token(s) each window begins with (:func:`document_start_ids`).
 
     Returns
     -------
@@ -247,26 +333,41 @@ def word_hidden_states(
     import torch
 
     context = resolve_context(model, context)
+    start_ids = document_start_ids(tokenizer, document_start)
+    n_start = len(start_ids)
+    story_context = context - n_start
+    if story_context < 2:
+        raise ValueError(f"context={context} leaves {story_context} story tokens per window after "
+                         f"{n_start} document-start token(s); use context >= {n_start + 2}")
     ids, last_token = tokenize_words(tokenizer, words, join)
-    windows, token_window = plan_windows(len(ids), context)
+    windows, token_window = plan_windows(len(ids), story_context)
     word_window = token_window[last_token]
-    word_position = last_token - np.array([windows[k].start for k in word_window])
+    # Position of each word's last token in its window, after the document-start tokens.
+    word_position = last_token - np.array([windows[k].start for k in word_window]) + n_start
+    # Words grouped by window (one sort instead of a scan of all words per window).
+    word_order = np.argsort(word_window, kind="stable")
+    bounds = np.searchsorted(word_window[word_order], np.arange(len(windows) + 1))
 
+    net = backbone(model)
     device = next(model.parameters()).device
     out = None
     layer_index = None
     # Windows with the same length share a batch (only the last one can be shorter), so no padding is needed.
     by_length: dict[int, list[int]] = {}
     for k, w in enumerate(windows):
-        if np.any(word_window == k):
+        if bounds[k + 1] > bounds[k]:
             by_length.setdefault(w.stop - w.start, []).append(k)
-    batches = [(length, ks[i:i + batch_size]) for length, ks in by_length.items() for i in range(0, len(ks), batch_size)]
+    batches = [ks[i:i + batch_size] for ks in by_length.values() for i in range(0, len(ks), batch_size)]
     if progress:
         batches = tqdm(batches, desc="feature windows", leave=False)
+    start_row = np.asarray(start_ids, dtype=np.int64)
     with torch.inference_mode():
-        for length, ks in batches:
-            batch_ids = torch.as_tensor(np.stack([ids[windows[k].start:windows[k].stop] for k in ks]), device=device)
-            hidden = model(input_ids=batch_ids, output_hidden_states=True).hidden_states
+        for ks in batches:
+            batch_ids = np.stack([np.concatenate([start_row, ids[windows[k].start:windows[k].stop]]) for k in ks])
+            words_here = np.concatenate([word_order[bounds[k]:bounds[k + 1]] for k in ks])
+            rows_here = np.concatenate([np.full(bounds[k + 1] - bounds[k], b) for b, k in enumerate(ks)])
+            hidden = net(input_ids=torch.as_tensor(batch_ids, device=device), output_hidden_states=True,
+                         use_cache=False).hidden_states
             if out is None:
                 n_states = len(hidden)
                 layer_index = list(range(n_states)) if layers is None else [int(i) for i in layers]
@@ -274,18 +375,27 @@ def word_hidden_states(
                 if bad:
                     raise ValueError(f"layers {bad} out of range: the model has {n_states} hidden states (0..{n_states - 1})")
                 out = np.zeros((len(layer_index), len(last_token), hidden[0].shape[-1]), dtype=np.float32)
-            stacked = torch.stack([hidden[i] for i in layer_index])  # (layers, batch, length, hidden)
-            for b, k in enumerate(ks):
-                mine = np.flatnonzero(word_window == k)
-                rows = stacked[:, b, torch.as_tensor(word_position[mine], device=device)]
-                out[:, mine] = rows.float().cpu().numpy()
+            batch_rows = torch.as_tensor(rows_here, device=device)
+            positions = torch.as_tensor(word_position[words_here], device=device)
+            # Index the word positions first, then stack: (layers, words in batch, hidden), one copy to the CPU.
+            picked = torch.stack([hidden[i][batch_rows, positions] for i in layer_index])
+            out[:, words_here] = picked.float().cpu().numpy()
     return out
 
 
-def tokens_processed(n_tokens: int, context: int) -> int:
-    """Tokens the windowed extraction runs through the model (for the overhead ratio)."""
-    windows, _ = plan_windows(n_tokens, context)
-    return int(sum(w.stop - w.start for w in windows))
+def tokens_processed(n_tokens: int, context: int, n_start: int = 0) -> int:
+    """Tokens the windowed extraction runs through the model (for the overhead ratio).
+
+    ``n_start`` document-start tokens open every window of ``context`` tokens
+    (see :func:`word_hidden_states`).
+
+    Examples
+    --------
+    >>> tokens_processed(10, 4), tokens_processed(10, 5, n_start=1)
+    (16, 20)
+    """
+    windows, _ = plan_windows(n_tokens, context - n_start)
+    return int(sum(w.stop - w.start + n_start for w in windows))
 
 
 # --------------------------------------------------------------------------- cache
@@ -304,10 +414,14 @@ def model_config_hash(checkpoint) -> str:
 
 
 def feature_cache_path(checkpoint, dataset_name: str, story: str, words: Sequence[str], context: int,
-                       join: str = " ", config_hash: str | None = None) -> Path:
-    """Cache file of one story's features at one checkpoint (all layers, float32 .npy)."""
+                       join: str = " ", config_hash: str | None = None, document_start: str | None = None) -> Path:
+    """Cache file of one story's features at one checkpoint (all layers, float32 .npy).
+
+    ``document_start`` None = :func:`checkpoint_document_start` (part of the key).
+    """
     key = {
         "version": FEATURE_CACHE_VERSION,
+        "document_start": document_start or checkpoint_document_start(checkpoint),
         "series": checkpoint.series,
         "checkpoint": checkpoint.name,
         "source": str(checkpoint.source),
@@ -334,6 +448,7 @@ def cached_story_features(
     join: str = " ",
     batch_size: int = DEFAULT_BATCH_SIZE,
     config_hash: str | None = None,
+    document_start: str | None = None,
 ) -> np.ndarray:
     """Word features of one story at one checkpoint, from the cache or computed and cached.
 
@@ -352,6 +467,9 @@ def cached_story_features(
     batch_size : int
     config_hash : str, optional
         Precomputed :func:`model_config_hash`.
+    document_start : str, optional
+        Document-start convention (:func:`document_start_ids`); None = the
+        checkpoint's own (:func:`checkpoint_document_start`).
 
     Returns
     -------
@@ -359,23 +477,26 @@ def cached_story_features(
 
     Notes
     -----
-    The key holds the series, checkpoint name, source and revision, dataset,
-    story, context, separator, a hash of the words and of the model
-    configuration; the file is written atomically.
+    The key holds the cache version, the document-start convention, the series,
+    checkpoint name, source and revision, dataset, story, context, separator, a
+    hash of the words and of the model configuration; the file is written
+    atomically.
     """
-    path = feature_cache_path(checkpoint, dataset_name, story, words, context, join, config_hash)
+    document_start = document_start or checkpoint_document_start(checkpoint)
+    path = feature_cache_path(checkpoint, dataset_name, story, words, context, join, config_hash, document_start)
     if path.exists():
         features = np.load(path)
         if features.shape[1] != len(words):
             raise ValueError(f"cached features {path} have {features.shape[1]} words, expected {len(words)}")
         return features
     model, tokenizer = model_loader()
-    features = word_hidden_states(model, tokenizer, words, context=context, batch_size=batch_size, join=join)
+    features = word_hidden_states(model, tokenizer, words, context=context, batch_size=batch_size, join=join,
+                                  document_start=document_start)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, features)
     meta = path.with_suffix(".json")
     with atomic_path(meta) as tmp:
         tmp.write_text(json.dumps({"story": story, "checkpoint": checkpoint.name, "context": int(context),
-                                   "shape": list(features.shape)}))
+                                   "document_start": document_start, "shape": list(features.shape)}))
     return features
