@@ -90,10 +90,20 @@ def test_lmeval_checkpoint_rows_and_cache(tiny_organism, embedded_lmeval_tasks):
                 "ci_high", "n_items"):
         assert col in df.columns
     acc = df[df.metric == "mc_accuracy"].set_index("task")
+    chance = df[df.metric == "mc_chance"].set_index("task")
+    above = df[df.metric == "mc_above_chance"].set_index("task")
     for name in names:
         assert acc.loc[name, "value"] == pytest.approx(ours[name]["mc_correct"].mean())
         assert acc.loc[name, "n_items"] == N_ITEMS
         assert acc.loc[name, "ci_low"] <= acc.loc[name, "value"] <= acc.loc[name, "ci_high"]
+        # the chance level from lm-eval's logged samples equals the embedded suite's
+        assert chance.loc[name, "value"] == pytest.approx(ours[name]["mc_chance"].iloc[0])
+        for col in ("value", "ci_low", "ci_high"):
+            assert above.loc[name, col] == pytest.approx(acc.loc[name, col] - chance.loc[name, "value"])
+    _, items = lmeval_checkpoint(tiny_organism.final, names, device="cpu", include_path=folder,
+                                 include_defaults=False, batch_size=4, return_items=True)
+    assert len(items) == len(names) * N_ITEMS and items["item"].is_unique
+    assert items["compliant"].isna().all() and items["mc_correct"].notna().all()
     # a second call is served from triphase's cache (same key), not recomputed
     again = lmeval_checkpoint(tiny_organism.final, names, device="cpu", include_path=folder,
                               include_defaults=False, batch_size=4)
@@ -160,7 +170,83 @@ def test_real_presets_name_lmeval_tasks():
     import re
     from pathlib import Path
 
-    defined = set()
+    from triphase.tasks.lmeval import shipped_tasks
+
+    defined = set(shipped_tasks())
     for path in (Path(lm_eval.__file__).parent / "tasks").rglob("*.yaml"):
         defined.update(re.findall(r"^task: *([A-Za-z0-9_]+) *$", path.read_text(errors="ignore"), flags=re.M))
     assert set(names) <= defined, f"unknown to lm-eval {lm_eval.__version__}: {set(names) - defined}"
+    # the real tier has the default metrics of the synthesis: generative versions give solving
+    assert any(n.endswith("_gen") for n in names)
+
+
+def test_ifeval_runs_at_zero_shots_only():
+    from triphase.tasks.lmeval import few_shot_plan
+
+    assert few_shot_plan(["arc_easy", "ifeval"], [0, 2]) == {0: ["arc_easy", "ifeval"], 2: ["arc_easy"]}
+    assert few_shot_plan(["ifeval"], [2]) == {0: ["ifeval"]}
+    assert few_shot_plan(["arc_easy"], 2) == {2: ["arc_easy"]}
+
+
+def test_mc_chance_from_samples_uses_option_texts():
+    # lm-eval's sciq always puts the gold option last: the gold index is constant, the gold text is not
+    from triphase.tasks.lmeval import sample_outcomes
+
+    samples = [{"doc_id": i, "target": 3, "acc": float(i % 2),
+                "arguments": [("ctx", f" wrong{i}{j}") for j in range(3)] + [("ctx", f" right{i}")]}
+               for i in range(8)]
+    out = sample_outcomes("sciq", samples, {"output_type": "multiple_choice"})
+    assert np.allclose(out["mc_chance"], 0.25)
+    assert out["mc_correct"].tolist() == [0.0, 1.0] * 4
+
+
+ARC_LIKE = [
+    {"question": "Which is a metal?", "choices": {"text": ["wood", "iron", "glass", "salt"],
+                                                  "label": ["A", "B", "C", "D"]}, "answerKey": "B"},
+    {"question": "What do plants need?", "choices": {"text": ["light", "sand", "noise"], "label": ["1", "2", "3"]},
+     "answerKey": "1"},
+    {"question": "Which is a gas?", "choices": {"text": ["rock", "ice", "steam", "milk"],
+                                                "label": ["A", "B", "C", "D"]}, "answerKey": "C"},
+    {"question": "What melts ice?", "choices": {"text": ["cold", "heat", "dark", "wind"],
+                                                "label": ["A", "B", "C", "D"]}, "answerKey": "B"},
+]
+
+
+def test_generative_mc_task_reports_compliance_and_solving(tiny_organism, offline_datasets):
+    """The shipped generative ARC task, run by lm-eval on local ARC-shaped items."""
+    import json
+
+    import yaml
+    from lm_eval.tasks import TaskManager
+
+    from triphase.tasks.lmeval import results_rows, sample_outcomes, shipped_tasks
+
+    data = offline_datasets / "arc_like.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in ARC_LIKE))
+    config = yaml.safe_load(shipped_tasks()["triphase_arc_easy_gen"])
+    for key in ("training_split", "validation_split", "fewshot_split"):
+        config.pop(key)
+    config.update(task="triphase_test_arc_gen", dataset_path="json", dataset_name=None,
+                  dataset_kwargs={"data_files": {"test": str(data)}})
+    folder = offline_datasets / "gen_tasks"
+    folder.mkdir()
+    (folder / "triphase_test_arc_gen.yaml").write_text(yaml.safe_dump(config))
+    results = lm_eval.simple_evaluate(
+        model="hf", model_args={"pretrained": tiny_organism.final.source, "dtype": "float32"},
+        tasks=["triphase_test_arc_gen"], device="cpu", batch_size=4, use_cache=None, cache_requests=False,
+        log_samples=True, bootstrap_iters=0,
+        task_manager=TaskManager(include_path=str(folder), include_defaults=False))
+    samples = sorted(results["samples"]["triphase_test_arc_gen"], key=lambda s: s["doc_id"])
+    assert [s["target"] for s in samples] == ["B", "A", "C", "B"]  # letters by position, whatever the labels
+    assert "B) iron\n" in samples[0]["arguments"][0][0] and "Answer with one letter." in samples[0]["arguments"][0][0]
+    rows = {r["metric"]: r for r in results_rows(results)}
+    per_item = sample_outcomes("triphase_test_arc_gen", samples, results["configs"]["triphase_test_arc_gen"])
+    answers = [str(s["filtered_resps"][0]).strip() for s in samples]
+    compliant = [a in ("A", "B", "C", "D", "E") for a in answers]
+    assert per_item["compliant"].tolist() == compliant
+    assert rows["instruction_following"]["value"] == pytest.approx(np.mean(compliant))
+    assert rows["accuracy"]["value"] <= rows["instruction_following"]["value"]
+    assert per_item["chance"].iloc[0] == 0.5  # "B" is the gold of 2 of the 4 items
+    if any(compliant):
+        given = rows["accuracy_given_compliance"]["value"]
+        assert rows["solving"]["value"] == pytest.approx((given - 0.5) / 0.5)

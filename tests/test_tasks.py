@@ -10,8 +10,10 @@ import pytest
 
 from triphase import TaskItem
 from triphase.tasks.generation import cut_at_stop, greedy_generate, option_loglikelihoods
-from triphase.tasks.items import build_prompt, embedded_items, few_shot_examples, load_task_file, mc_options, write_task_file
-from triphase.tasks.scoring import score_generations, summarize_scores, wilson_interval
+from triphase.tasks.items import (DOCUMENT_SEPARATOR, build_prompt, document_separator, embedded_items,
+                                  few_shot_examples, load_task_file, mc_options, write_task_file)
+from triphase.tasks.scoring import (METRICS, answer_chance, mc_chance_column, score_generations, summarize_scores,
+                                    wilson_interval)
 
 YESNO = TaskItem("yesno", "Is Anna in the park? Answer with yes or no.", "Anna is in the park.", r"^(yes|no)$",
                  "yes", (), "yn-1")
@@ -103,6 +105,112 @@ def test_summary_counts_and_conditional_accuracy():
     low, high = wilson_interval(4, 6)
     assert s.loc["accuracy_given_compliance", "ci_low"] == pytest.approx(low)
     assert s.loc["accuracy_given_compliance", "ci_high"] == pytest.approx(high)
+
+
+# --------------------------------------------------------------------------- chance levels and solving
+def _random_answers(items, rng):
+    """A model that follows the format but answers item-blind: a uniform draw from the family's answers."""
+    labels = {"yesno": ("yes", "no"), "choice": ("A", "B", "C", "D"), "count": tuple("0123456789")}
+    return [" " + str(rng.choice(labels[item.family])) for item in items]
+
+
+@pytest.mark.parametrize("family", ["yesno", "choice"])
+def test_format_following_guesser_solves_nothing(family):
+    rng = np.random.default_rng(7)
+    items = embedded_items([family], 400, seed=5)[family]
+    s = summarize_scores(score_generations(items, _random_answers(items, rng))).set_index("metric")
+    chance = 0.5 if family == "yesno" else 0.25
+    assert s.loc["instruction_following", "value"] == 1.0
+    assert s.loc["accuracy", "value"] == pytest.approx(chance, abs=0.07)
+    assert s.loc["solving", "ci_low"] <= 0 <= s.loc["solving", "ci_high"]
+    assert abs(s.loc["solving", "value"]) < 0.15
+
+
+def test_constant_answer_is_chance_even_with_skewed_labels():
+    # count answers are skewed (many 1s): always answering the commonest count is right far more
+    # often than 1/10, and must still score solving = 0 (1/10 as chance would give about 0.18)
+    items = embedded_items(["count"], 300, seed=2)["count"]
+    commonest = pd.Series([i.answer for i in items]).value_counts().index[0]
+    s = summarize_scores(score_generations(items, [f" {commonest}"] * len(items))).set_index("metric")
+    assert s.loc["accuracy", "value"] > 0.15 > 0.1
+    assert s.loc["accuracy", "value"] == pytest.approx(answer_chance([i.answer for i in items]))
+    assert s.loc["solving", "value"] == pytest.approx(0.0, abs=1e-12)
+    # a uniform guess over the digits is item-blind too: no positive solving
+    guesses = summarize_scores(score_generations(items, _random_answers(items, np.random.default_rng(1))))
+    assert guesses.set_index("metric").loc["solving", "ci_low"] < 0
+
+
+@pytest.mark.parametrize("family", ["yesno", "choice", "count", "copy"])
+def test_model_that_knows_the_answers_solves_everything(family):
+    items = embedded_items([family], 60, seed=4)[family]
+    s = summarize_scores(score_generations(items, [f" {i.answer}\n" for i in items])).set_index("metric")
+    assert s.loc["solving", "value"] == pytest.approx(1.0)
+    assert s.loc["solving", "ci_low"] > 0.8
+
+
+def test_accuracy_never_above_compliance_and_mixed_models():
+    rng = np.random.default_rng(3)
+    items = embedded_items(["yesno"], 200, seed=1)["yesno"]
+    # half the answers off-format, the rest right with probability 0.8: solving = (0.8 - 0.5) / 0.5
+    texts = [" maybe" if rng.random() < 0.5 else (f" {i.answer}" if rng.random() < 0.8 else
+                                                  f" {'no' if i.answer == 'yes' else 'yes'}") for i in items]
+    s = summarize_scores(score_generations(items, texts)).set_index("metric")
+    assert s.loc["accuracy", "value"] <= s.loc["instruction_following", "value"]
+    assert s.loc["solving", "ci_low"] < 0.6 < s.loc["solving", "ci_high"]
+    assert s.loc["solving", "n_items"] == s.loc["accuracy_given_compliance", "n_items"] < len(items)
+
+
+def test_solving_interval_coverage_by_simulation():
+    # a guesser with a planted accuracy among compliant answers: the 95% interval of solving
+    # covers the planted value in about 95% of runs (it is the Wilson interval, mapped)
+    rng = np.random.default_rng(11)
+    items = embedded_items(["choice"], 80, seed=0)["choice"]
+    p_right, chance, covered, runs = 0.55, 0.25, 0, 600
+    truth = (p_right - chance) / (1 - chance)
+    for _ in range(runs):
+        texts = [f" {i.answer}" if rng.random() < p_right else f" {rng.choice([x for x in 'ABCD' if x != i.answer])}"
+                 for i in items]
+        row = summarize_scores(score_generations(items, texts)).set_index("metric").loc["solving"]
+        covered += row["ci_low"] <= truth <= row["ci_high"]
+    assert 0.92 < covered / runs < 0.98
+
+
+def test_mc_chance_is_best_constant_option_or_uniform_guess():
+    counts = embedded_items(["count"], 200, seed=0)["count"]
+    level = mc_chance_column(counts)
+    assert np.allclose(level, answer_chance([i.answer for i in counts])) and level[0] > 0.1
+    copies = embedded_items(["copy"], 50, seed=0)["copy"]
+    assert np.allclose(mc_chance_column(copies), 0.25)  # item-specific options: 1 / number of options
+    assert np.allclose(mc_chance_column(embedded_items(["yesno"], 50, seed=0)["yesno"]), 0.5)
+
+
+# --------------------------------------------------------------------------- few-shot separator
+def test_few_shot_examples_are_separate_documents():
+    item, example = COUNT, COPY
+    prompt = build_prompt(item, [example])
+    assert DOCUMENT_SEPARATOR == "<|endoftext|>" and "\n\n" not in prompt
+    assert prompt == build_prompt(example).replace("Answer:", "Answer: red box map") + "<|endoftext|>" + \
+        build_prompt(item)
+    assert build_prompt(item, [example], separator="\n\n").count("\n\n") == 1
+    with pytest.raises(ValueError, match="separator"):
+        build_prompt(item, [example], separator="")
+
+
+def test_separator_tokenises_as_in_training(tiny_organism):
+    # training text: each document's tokens followed by the end-of-text token id
+    from triphase.models.loading import load_checkpoint
+    from triphase.models.organism import _encode_documents
+
+    _, tokenizer = load_checkpoint(tiny_organism.final, device="cpu")
+    separator = document_separator(tokenizer)
+    assert separator == "<|endoftext|>"
+    items = embedded_items(["yesno"], 3, seed=0)["yesno"]
+    prompt = build_prompt(items[2], items[:2], separator=separator)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    docs = [build_prompt(i).replace("Answer:", f"Answer: {i.answer}") for i in items[:2]]
+    expected = list(_encode_documents(tokenizer, docs)) + tokenizer(build_prompt(items[2]),
+                                                                     add_special_tokens=False)["input_ids"]
+    assert ids == expected
 
 
 # --------------------------------------------------------------------------- Wilson interval
@@ -259,8 +367,12 @@ def test_downstream_tasks_table_on_tiny_organism(tiny_organism, tmp_path):
                 "n_items", "tier"):
         assert col in df.columns
     assert set(df["checkpoint"]) == {tiny_organism.checkpoints[0].name, tiny_organism.final.name}
-    # 2 checkpoints x 2 tasks x 2 few-shot counts x 6 metrics
-    assert len(df) == 2 * 2 * 2 * 6
+    # 2 checkpoints x 2 tasks x 2 few-shot counts x 8 metrics
+    assert len(df) == 2 * 2 * 2 * 8
+    assert set(df["metric"]) == set(METRICS)
+    wide = df.pivot_table(index=["checkpoint", "task", "few_shot"], columns="metric", values="value")
+    assert (wide["accuracy"] <= wide["instruction_following"] + 1e-12).all()
+    assert np.allclose(wide["mc_above_chance"], wide["mc_accuracy"] - wide["mc_chance"])
     assert (df["tier"] == "embedded").all()
     share = df[df.metric.isin(["instruction_following", "accuracy", "mc_accuracy"])]
     assert share["value"].between(0, 1).all() and (share["ci_low"] <= share["value"]).all()
@@ -274,6 +386,20 @@ def test_downstream_tasks_table_on_tiny_organism(tiny_organism, tmp_path):
     assert row.set_index("metric").loc["instruction_following", "value"] == pytest.approx(sel["compliant"].mean())
     shown = example_answers(samples, tiny_organism.final.name, "yesno")
     assert set(shown) == {"non-compliant", "compliant, wrong", "correct"}
+    # few-shot examples were separated by the organism's end-of-text token
+    assert set(samples["few_shot_separator"]) == {"<|endoftext|>"}
+    # per-item outcomes: the same item ids at every checkpoint, and they reproduce the table
+    items = load_tasks_results(tiny_organism.name, subject="tasktest", items=True)
+    assert list(items.columns) == ["series", "checkpoint", "step", "task", "few_shot", "item", "compliant", "correct",
+                                   "mc_correct", "chance", "mc_chance"]
+    ids = items.groupby("checkpoint")["item"].apply(lambda x: tuple(sorted(x)))
+    assert ids.nunique() == 1 and len(ids.iloc[0]) == 2 * 2 * 12
+    assert (items["chance"] == 0.5).where(items["task"] == "yesno", True).all()
+    sel = items[(items.checkpoint == tiny_organism.final.name) & (items.task == "choice") & (items.few_shot == 1)]
+    summary = summarize_scores(sel, by=()).set_index("metric")["value"]
+    row = df[(df.checkpoint == tiny_organism.final.name) & (df.task == "choice") & (df.few_shot == 1)]
+    for metric in ("solving", "mc_above_chance", "accuracy"):
+        assert row.set_index("metric").loc[metric, "value"] == pytest.approx(summary[metric], nan_ok=True)
 
 
 @pytest.mark.slow

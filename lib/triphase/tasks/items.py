@@ -15,9 +15,9 @@ import yaml
 from triphase._io import atomic_path, stable_hash
 from triphase._taskitem import TaskItem
 from triphase.models import storyworld
+from triphase.models.organism import EOS_TOKEN
 from triphase.models.storyworld import format_task_text
 
-#: Confidence level of every interval in the tasks table.
 #: Fields every task item needs in a task file (``options`` and ``item_id`` are optional).
 REQUIRED_FIELDS = ("family", "instruction", "input", "answer_format", "answer")
 OPTIONAL_FIELDS = ("options", "item_id")
@@ -25,8 +25,11 @@ OPTIONAL_FIELDS = ("options", "item_id")
 FEW_SHOT_SEED_OFFSET = 1_000_003
 #: Size of the pool each item's few-shot examples are drawn from.
 FEW_SHOT_POOL = 64
-#: Blank line between few-shot examples and the question (documents are separated alike).
-FEW_SHOT_SEPARATOR = "\n\n"
+#: The organism's document separator: its training text is every document followed by the
+#: end-of-text token (``organism._encode_documents``); a blank line never occurs there.
+DOCUMENT_SEPARATOR = EOS_TOKEN
+#: lm-evaluation-harness's default few-shot delimiter, for tokenizers without an end-of-text token.
+LMEVAL_FEW_SHOT_DELIMITER = "\n\n"
 #: Multiple-choice option sets for formats without listed options.
 YES_NO = ("yes", "no")
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
@@ -163,8 +166,33 @@ def task_text(item: TaskItem, with_answer: bool = True) -> str:
     return format_task_text(item, with_answer=with_answer)
 
 
-def build_prompt(item: TaskItem, examples: Sequence[TaskItem] = ()) -> str:
-    """Prompt for one item: solved examples (k-shot), a blank line between, then the question.
+def document_separator(tokenizer) -> str:
+    """The text that separates documents in a model's training data: its end-of-text token.
+
+    The organism's documents are each followed by ``<|endoftext|>``; GPT-NeoX models
+    (Pythia) and GPT-2 are trained alike. A tokenizer without an end-of-text token
+    gets lm-evaluation-harness's default few-shot delimiter, a blank line.
+
+    Examples
+    --------
+    >>> class Tok:
+    ...     eos_token = "<|endoftext|>"
+    >>> document_separator(Tok())
+    '<|endoftext|>'
+    >>> Tok.eos_token = None
+    >>> document_separator(Tok())
+    '\\n\\n'
+    """
+    eos = getattr(tokenizer, "eos_token", None)
+    return eos if isinstance(eos, str) and eos else LMEVAL_FEW_SHOT_DELIMITER
+
+
+def build_prompt(item: TaskItem, examples: Sequence[TaskItem] = (), separator: str = DOCUMENT_SEPARATOR) -> str:
+    """Prompt for one item: solved examples (k-shot), each closed by the document separator, then the question.
+
+    Each solved example is one document, as task documents are in the organism's
+    training text, so examples are joined by the model's document separator
+    (default: the organism's end-of-text token; see :func:`document_separator`).
 
     Examples
     --------
@@ -172,14 +200,14 @@ def build_prompt(item: TaskItem, examples: Sequence[TaskItem] = ()) -> str:
     >>> print(build_prompt(item, [item]))
     Instruction: Is it red? Answer with yes or no.
     Input: A red hat.
-    Answer: yes
-    <BLANKLINE>
-    Instruction: Is it red? Answer with yes or no.
+    Answer: yes<|endoftext|>Instruction: Is it red? Answer with yes or no.
     Input: A red hat.
     Answer:
     """
+    if not isinstance(separator, str) or not separator:
+        raise ValueError(f"separator must be a non-empty string, got {separator!r}")
     parts = [task_text(e, with_answer=True) for e in examples] + [task_text(item, with_answer=False)]
-    return FEW_SHOT_SEPARATOR.join(parts)
+    return separator.join(parts)
 
 
 def few_shot_examples(items: Sequence[TaskItem], k: int, seed: int = 0,

@@ -2,12 +2,23 @@
 
 Real (hub) checkpoints are evaluated with lm-evaluation-harness through its
 Python API, ``lm_eval.simple_evaluate(model="hf", model_args={"pretrained": repo,
-"revision": rev, "dtype": ...}, tasks=[...])``: multiple-choice tasks (ARC-Easy,
-ARC-Challenge, PIQA, SciQ, HellaSwag; metric ``acc`` -> ``mc_accuracy``,
-``acc_norm`` -> ``mc_accuracy_norm``) and IFEval for instruction following
-(``prompt_level_strict_acc`` -> ``instruction_following``). Rows go into the same
-tidy tasks table as the embedded suite, with Wilson intervals computed from the
-per-item outcomes lm-eval logs.
+"revision": rev, "dtype": ...}, tasks=[...])``:
+
+* multiple-choice log-likelihood tasks (ARC-Easy, ARC-Challenge, PIQA, SciQ,
+  HellaSwag; metric ``acc`` -> ``mc_accuracy``, ``acc_norm`` -> ``mc_accuracy_norm``),
+  plus ``mc_chance`` and ``mc_above_chance`` computed from the logged samples;
+* generative versions of the multiple-choice tasks, shipped with triphase
+  (``data/lmeval/triphase_*_gen.yaml``: options listed with letters, "Answer with
+  one letter."): ``exact_match`` -> ``accuracy`` and, from the logged answers and
+  the task's ``metadata.answer_format``, ``instruction_following`` (the answer
+  matches the requested pattern), ``accuracy_given_compliance`` and ``solving``:
+  the same metrics, with the same definitions, as the embedded suite;
+* IFEval (0-shot only, as the task fixes; its metrics keep IFEval's names with an
+  ``ifeval_`` prefix: verifiable constraints are not the answer format).
+
+Rows go into the same tidy tasks table as the embedded suite, with Wilson
+intervals computed from the per-item outcomes lm-eval logs; the per-item
+outcomes themselves (:func:`sample_outcomes`) go to ``tasks_items.parquet``.
 
 Two pitfalls handled here:
 
@@ -38,11 +49,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 from scipy.stats import norm
 
@@ -54,24 +67,36 @@ from triphase.models.hub import ensure_available, is_hub_checkpoint, resolve_com
 from triphase.models.integrity import SweepLog
 from triphase.models.loading import resolve_device
 from triphase.tasks.items import mc_options
-from triphase.tasks.scoring import CONFIDENCE, wilson_interval
+from triphase.tasks.scoring import (CONFIDENCE, answer_chance, mc_chance_level, proportion_row, summarize_scores,
+                                    wilson_interval)
 
-#: Our metric names for lm-eval's (others keep lm-eval's name).
+#: Our metric names for lm-eval's (others keep lm-eval's name). IFEval's accuracies measure
+#: verifiable constraints (word counts, forbidden words), not answering in a requested format,
+#: so they do not take the name instruction_following.
 METRIC_NAMES = {
     "acc": "mc_accuracy",
     "acc_norm": "mc_accuracy_norm",
-    "prompt_level_strict_acc": "instruction_following",
-    "inst_level_strict_acc": "instruction_following_per_instruction",
-    "prompt_level_loose_acc": "instruction_following_loose",
-    "inst_level_loose_acc": "instruction_following_per_instruction_loose",
+    "prompt_level_strict_acc": "ifeval_prompt_level_strict",
+    "inst_level_strict_acc": "ifeval_instruction_level_strict",
+    "prompt_level_loose_acc": "ifeval_prompt_level_loose",
+    "inst_level_loose_acc": "ifeval_instruction_level_loose",
     "exact_match": "accuracy",
 }
+#: Metrics computed here from the logged samples, per kind of task (beside lm-eval's own).
+MC_SAMPLE_METRICS = ("mc_chance", "mc_above_chance")
+GENERATIVE_SAMPLE_METRICS = ("instruction_following", "accuracy_given_compliance", "solving")
+#: Tasks that fix their own few-shot count at 0: run once, at 0 shots, whatever few_shot asks.
+ZERO_SHOT_TASKS = ("ifeval",)
 #: Tasks that need NLTK data, and which.
 NLTK_REQUIREMENTS = {"ifeval": ("tokenizers/punkt_tab", "punkt_tab")}
 #: The YAML template of an lm-eval task over local task items.
 EMBEDDED_TASK_TEMPLATE = "embedded_mc.yaml"
+#: Generative versions of multiple-choice tasks shipped with triphase (data/lmeval/<name>.yaml).
+GENERATIVE_TASK_PREFIX = "triphase_"
+GENERATIVE_TASK_SUFFIX = "_gen"
 #: Bump when rows are computed differently from lm-eval's output (keys the cache).
-LMEVAL_RESULTS_VERSION = 1
+#: 2: IFEval renamed; mc_chance, mc_above_chance, compliance and solving from the samples; per-item outcomes.
+LMEVAL_RESULTS_VERSION = 2
 #: Bytes read per chunk when hashing local weight files.
 _HASH_CHUNK = 1 << 20
 
@@ -210,6 +235,130 @@ def write_lmeval_task(items: Sequence[TaskItem], prompts: Sequence[str], folder,
     return yaml_path
 
 
+# --------------------------------------------------------------------------- generative versions of MC tasks
+def shipped_tasks() -> dict[str, str]:
+    """The lm-eval tasks shipped with triphase: task name -> YAML text (``data/lmeval/triphase_*_gen.yaml``).
+
+    Examples
+    --------
+    >>> sorted(shipped_tasks())[:2]
+    ['triphase_arc_challenge_gen', 'triphase_arc_easy_gen']
+    """
+    folder = resources.files("triphase").joinpath("data", "lmeval")
+    out = {}
+    for entry in folder.iterdir():
+        name = entry.name
+        if name.startswith(GENERATIVE_TASK_PREFIX) and name.endswith(GENERATIVE_TASK_SUFFIX + ".yaml"):
+            out[name[:-len(".yaml")]] = entry.read_text()
+    return out
+
+
+def shipped_tasks_folder() -> Path:
+    """A folder holding the shipped task YAMLs (keyed by their content), for ``TaskManager(include_path=...)``.
+
+    The package folder itself also holds the template :data:`EMBEDDED_TASK_TEMPLATE`,
+    which is no task, so the YAMLs are copied out.
+    """
+    tasks = shipped_tasks()
+    folder = cache_dir("lmeval") / "shipped_tasks" / stable_hash(tasks)
+    for name, text in tasks.items():
+        path = folder / f"{name}.yaml"
+        if not path.exists():
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
+    return folder
+
+
+def _include_paths(tasks: Sequence[str], include_path) -> list | None:
+    """``include_path`` plus the shipped tasks' folder when a shipped task is asked for."""
+    paths = [] if include_path is None else list(include_path) if isinstance(include_path, (list, tuple)) \
+        else [include_path]
+    if set(tasks) & set(shipped_tasks()):
+        paths.append(str(shipped_tasks_folder()))
+    return [str(p) for p in paths] or None
+
+
+# --------------------------------------------------------------------------- per-item outcomes
+def _answer_text(sample: dict) -> str:
+    """The (filtered) generated answer of a generate_until sample."""
+    answer = sample["filtered_resps"][0] if sample.get("filtered_resps") else sample["resps"][0]
+    while isinstance(answer, (list, tuple)):  # unfiltered responses are lists of generations
+        answer = answer[0]
+    return str(answer)
+
+
+def sample_outcomes(task: str, samples: list[dict], config: dict | None) -> pd.DataFrame | None:
+    """Per-item outcomes of one lm-eval task from its logged samples (None for other kinds of task).
+
+    * multiple-choice log-likelihood tasks (``output_type: multiple_choice``): ``mc_correct``
+      (lm-eval's ``acc`` of the item) and ``mc_chance``
+      (:func:`triphase.tasks.scoring.mc_chance_level` over the gold option texts);
+    * generative tasks whose config states ``metadata.answer_format``: ``compliant`` (the
+      stripped answer matches the format in full), ``correct`` (compliant and equal to the
+      target) and ``chance`` (:func:`triphase.tasks.scoring.answer_chance` of the targets).
+
+    Returns
+    -------
+    DataFrame with columns task, item (``"<task>:<doc_id>"``, the same at every checkpoint),
+    compliant, correct (nullable booleans, NA for MC tasks), mc_correct (NaN for generative
+    tasks), chance, mc_chance.
+
+    Examples
+    --------
+    >>> samples = [{"doc_id": i, "target": t, "filtered_resps": [a]} for i, (t, a) in
+    ...            enumerate([("A", " A"), ("B", " A"), ("B", "B."), ("A", " B")])]
+    >>> out = sample_outcomes("t", samples, {"output_type": "generate_until",
+    ...                                      "metadata": {"answer_format": "^[AB]$"}})
+    >>> out[["compliant", "correct", "chance"]].values.tolist()
+    [[True, True, 0.5], [True, False, 0.5], [False, False, 0.5], [True, False, 0.5]]
+    """
+    config = config or {}
+    if not samples:
+        return None
+    ids = [f"{task}:{s['doc_id']}" for s in samples]
+    output_type = config.get("output_type")
+    answer_format = (config.get("metadata") or {}).get("answer_format")
+    if output_type == "multiple_choice" and all("acc" in s for s in samples):
+        targets = [s["target"] for s in samples]
+        n_options = [len(s["arguments"]) for s in samples]
+        if all(isinstance(t, (int, np.integer)) for t in targets):
+            golds = [str(s["arguments"][t][1]).strip() for s, t in zip(samples, targets)]
+            chance = mc_chance_level(golds, n_options)
+        else:  # several gold options per item: no single constant answer to compare with
+            chance = math.nan
+        return pd.DataFrame({"task": task, "item": ids, "compliant": pd.array([pd.NA] * len(ids), dtype="boolean"),
+                             "correct": pd.array([pd.NA] * len(ids), dtype="boolean"),
+                             "mc_correct": [float(s["acc"]) for s in samples], "chance": math.nan,
+                             "mc_chance": chance})
+    if output_type == "generate_until" and answer_format:
+        answers = [_answer_text(s).strip() for s in samples]
+        targets = [str(s["target"]).strip() for s in samples]
+        compliant = [re.fullmatch(answer_format, a) is not None for a in answers]
+        correct = [c and a == t for c, a, t in zip(compliant, answers, targets)]
+        return pd.DataFrame({"task": task, "item": ids, "compliant": pd.array(compliant, dtype="boolean"),
+                             "correct": pd.array(correct, dtype="boolean"), "mc_correct": math.nan,
+                             "chance": answer_chance(targets), "mc_chance": math.nan})
+    return None
+
+
+def _sample_rows(task: str, per_item: pd.DataFrame, lmeval_values: dict) -> list[dict]:
+    """Rows computed from per-item outcomes: chance-corrected metrics, and compliance for generative tasks."""
+    if per_item["mc_correct"].notna().all():
+        mc = proportion_row("mc_accuracy", per_item["mc_correct"].to_numpy(bool))
+        chance = float(per_item["mc_chance"].iloc[0])
+        shift = {k: mc[k] - chance for k in ("value", "ci_low", "ci_high")}
+        return [{"task": task, "metric": "mc_chance", "value": chance, "ci_low": math.nan, "ci_high": math.nan,
+                 "n_items": mc["n_items"]},
+                {"task": task, **mc, "metric": "mc_above_chance", **shift}]
+    table = per_item.astype({"compliant": bool, "correct": bool})
+    summary = summarize_scores(table, by=()).set_index("metric")
+    accuracy = lmeval_values.get("accuracy")
+    if accuracy is not None and not math.isclose(summary.loc["accuracy", "value"], accuracy, abs_tol=1e-9):
+        raise RuntimeError(f"lm-eval task {task}: exact_match={accuracy} but the logged answers give "
+                           f"{summary.loc['accuracy', 'value']} (the task's metric and answer_format disagree)")
+    return [{"task": task, "metric": m, **summary.loc[m].to_dict()} for m in GENERATIVE_SAMPLE_METRICS]
+
+
 # --------------------------------------------------------------------------- running
 def _binary_outcomes(samples: list[dict], metric: str) -> list[bool] | None:
     """Per-item (or per-instruction) binary outcomes of a metric from lm-eval's logged samples."""
@@ -225,11 +374,13 @@ def _binary_outcomes(samples: list[dict], metric: str) -> list[bool] | None:
     return outcomes
 
 
-def results_rows(results: dict) -> list[dict]:
+def results_rows(results: dict, per_item: dict[str, pd.DataFrame] | None = None) -> list[dict]:
     """Tidy rows (task, metric, value, ci_low, ci_high, n_items) from ``simple_evaluate``'s output.
 
     Binary metrics get a Wilson interval from the logged per-item outcomes; others
-    a normal interval from lm-eval's standard error where it has one.
+    a normal interval from lm-eval's standard error where it has one. Tasks with
+    per-item outcomes (:func:`sample_outcomes`; computed here unless given) also get
+    :data:`MC_SAMPLE_METRICS` or :data:`GENERATIVE_SAMPLE_METRICS`.
     """
 
 
@@ -257,13 +408,18 @@ def results_rows(results: dict) -> list[dict]:
                 low, high = (value - z * stderr, value + z * stderr) if ok else (math.nan, math.nan)
             rows.append({"task": task, "metric": name, "value": float(value), "ci_low": low, "ci_high": high,
                          "n_items": int(n)})
+        outcomes = (per_item or {}).get(task) if per_item is not None else \
+            sample_outcomes(task, samples, results.get("configs", {}).get(task))
+        if outcomes is not None:
+            values = {r["metric"]: r["value"] for r in rows if r["task"] == task}
+            rows.extend(_sample_rows(task, outcomes, values))
     return rows
 
 
 def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dtype=None, num_fewshot: int = 0,
                       batch_size: int | str = 8, limit: int | None = None, include_path=None,
                       include_defaults: bool = True, seed: int = 0, gen_kwargs: dict | None = None,
-                      cache: bool = True) -> pd.DataFrame:
+                      cache: bool = True, return_items: bool = False):
     """Run lm-eval tasks on one checkpoint (cached by commit and task config).
 
     Parameters
@@ -291,10 +447,13 @@ def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dt
         Generation settings for generative tasks.
     cache : bool
         Read/write the triphase result cache.
+    return_items : bool
+        Also return the per-item outcomes (:func:`sample_outcomes`, with the join columns and few_shot).
 
     Returns
     -------
-    DataFrame with the join columns and task, few_shot, metric, value, ci_low, ci_high, n_items.
+    DataFrame with the join columns and task, few_shot, metric, value, ci_low, ci_high, n_items
+    (and, with ``return_items``, the per-item DataFrame).
     """
     # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
     import torch
@@ -309,15 +468,17 @@ def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dt
     if dtype is None:
         dtype = "bfloat16" if device.startswith("cuda") else "float32"
     dtype = str(dtype).replace("torch.", "")
-    task_manager = TaskManager(include_path=include_path, include_defaults=include_defaults)
+    task_manager = TaskManager(include_path=_include_paths(tasks, include_path), include_defaults=include_defaults)
     settings = {"device": device.split(":")[0], "dtype": dtype, "num_fewshot": int(num_fewshot), "limit": limit,
                 "seed": seed, "gen_kwargs": gen_kwargs or {}}
     ensure_available(checkpoint)  # offline and not cached: CheckpointMissingError naming the fetch command
     identity = model_identity(checkpoint)
     key = lmeval_cache_key(identity, tasks, task_manager, settings)
     path = cache_dir("lmeval") / checkpoint.series / checkpoint.name / f"{key}.parquet"
-    if cache and path.exists():
-        return pd.read_parquet(path)
+    items_path = path.with_name(f"{key}_items.parquet")
+    if cache and path.exists() and items_path.exists():
+        rows = pd.read_parquet(path)
+        return (rows, pd.read_parquet(items_path)) if return_items else rows
     model_args = {"pretrained": str(checkpoint.source), "dtype": dtype}
     if checkpoint.revision:
         model_args["revision"] = checkpoint.revision
@@ -329,27 +490,58 @@ def lmeval_checkpoint(checkpoint, tasks: Sequence[str], device: str = "auto", dt
     )
     if results is None:
         raise RuntimeError("lm_eval.simple_evaluate returned no results (not rank 0?)")
-    rows = pd.DataFrame(results_rows(results))
-    rows.insert(1, "few_shot", int(num_fewshot))
-    for col, value in reversed(list(checkpoint.columns().items())):
-        rows.insert(0, col, value)
+    per_item = {}
+    for task in results["results"]:
+        outcomes = sample_outcomes(task, results.get("samples", {}).get(task, []),
+                                   results.get("configs", {}).get(task))
+        if outcomes is not None:
+            per_item[task] = outcomes
+    rows = pd.DataFrame(results_rows(results, per_item))
+    items = pd.concat(per_item.values(), ignore_index=True) if per_item else pd.DataFrame(
+        columns=["task", "item", "compliant", "correct", "mc_correct", "chance", "mc_chance"])
+    for table in (rows, items):
+        table.insert(1, "few_shot", int(num_fewshot))
+        for col, value in reversed(list(checkpoint.columns().items())):
+            table.insert(0, col, value)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     if cache:
+        write_parquet(items, items_path)
         write_parquet(rows, path)
-    return rows
+    return (rows, items) if return_items else rows
+
+
+def few_shot_plan(tasks: Sequence[str], num_fewshot) -> dict[int, list[str]]:
+    """Which tasks run at which few-shot count: :data:`ZERO_SHOT_TASKS` run once, at 0 shots.
+
+    Examples
+    --------
+    >>> few_shot_plan(["arc_easy", "ifeval"], [0, 2])
+    {0: ['arc_easy', 'ifeval'], 2: ['arc_easy']}
+    >>> few_shot_plan(["arc_easy", "ifeval"], 2)
+    {0: ['ifeval'], 2: ['arc_easy']}
+    """
+    shots = [int(num_fewshot)] if isinstance(num_fewshot, (int, np.integer)) else [int(k) for k in num_fewshot]
+    plan = {k: [t for t in tasks if k == 0 or t not in ZERO_SHOT_TASKS] for k in sorted(set(shots))}
+    zero_only = [t for t in tasks if t in ZERO_SHOT_TASKS]
+    if zero_only and 0 not in plan:
+        plan[0] = zero_only
+    return {k: plan[k] for k in sorted(plan) if plan[k]}
 
 
 def lmeval_sweep(checkpoints, tasks: Sequence[str], device: str = "auto", dtype=None, num_fewshot=0,
-                 progress: bool = True, log=None, **options) -> pd.DataFrame:
+                 progress: bool = True, log=None, return_items: bool = False, **options):
     """:func:`lmeval_checkpoint` over checkpoints (and few-shot counts); NLTK checked first.
 
     A checkpoint whose branch is missing is skipped by name (recorded in ``log``,
     a :class:`triphase.models.integrity.SweepLog`, when given) and the sweep goes on.
+    Tasks that fix 0 shots (IFEval) run once per checkpoint, at 0 shots
+    (:func:`few_shot_plan`).
 
     Returns
     -------
-    DataFrame: one row per checkpoint x task x few_shot x metric.
+    DataFrame: one row per checkpoint x task x few_shot x metric (and, with
+    ``return_items``, the per-item outcomes of :func:`lmeval_checkpoint`).
     """
 
 
@@ -357,11 +549,15 @@ def lmeval_sweep(checkpoints, tasks: Sequence[str], device: str = "auto", dtype=
     checkpoints = list(checkpoints)
     tasks = list(tasks)
     check_nltk_data(tasks)
-    shots = [num_fewshot] if isinstance(num_fewshot, int) else list(num_fewshot)
-    tables = []
+    plan = few_shot_plan(tasks, num_fewshot)
+    tables, item_tables = [], []
     for ckpt in tqdm(checkpoints, desc="lm-eval", unit="checkpoint", disable=not progress):
         with log.skip_if_missing(ckpt):
-            tables.extend([lmeval_checkpoint(ckpt, tasks, device=device, dtype=dtype, num_fewshot=k, **options)
-                           for k in shots])
+            for k, names in plan.items():
+                rows, items = lmeval_checkpoint(ckpt, names, device=device, dtype=dtype, num_fewshot=k,
+                                                return_items=True, **options)
+                tables.append(rows)
+                item_tables.append(items)
     log.check_any_done(checkpoints)
-    return pd.concat(tables, ignore_index=True)
+    table = pd.concat(tables, ignore_index=True)
+    return (table, pd.concat(item_tables, ignore_index=True)) if return_items else table

@@ -9,14 +9,16 @@ import pandas as pd
 
 from triphase.plotting import log_positions, stamp_tier
 
-#: Confidence level of every interval in the tasks table.
-
+#: Lowest y shown: solving can be below 0 (worse than the best constant answer).
+Y_FLOOR = -0.02
+Y_CEILING = 1.02
 
 # --------------------------------------------------------------------------- figures
 #: Metrics drawn on the same axes per family, and their styles.
 PLOT_METRICS = {
     "instruction_following": {"color": "tab:blue", "marker": "o", "label": "instruction following"},
     "accuracy": {"color": "tab:red", "marker": "s", "label": "accuracy"},
+    "solving": {"color": "tab:purple", "marker": "D", "label": "solving (chance-corrected)"},
     "mc_accuracy": {"color": "tab:green", "marker": "^", "label": "log-likelihood MC accuracy"},
 }
 
@@ -58,6 +60,8 @@ def plot_task_metrics(table: pd.DataFrame, few_shot: int = 0, metrics: Sequence[
         raise ValueError(f"no rows with few_shot={few_shot}; available: {sorted(table['few_shot'].unique())}")
     tasks = list(tasks) if tasks is not None else list(dict.fromkeys(sel["task"]))
     fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), sharey=True, squeeze=False)
+    drawn = sel[sel["metric"].isin(list(metrics))]
+    low = min(Y_FLOOR, float(drawn["ci_low"].min()) - 0.02) if drawn["ci_low"].notna().any() else Y_FLOOR
     for ax, task in zip(axes[0], tasks):
         rows = sel[sel["task"] == task].sort_values("tokens_seen")
         for metric in metrics:
@@ -73,10 +77,11 @@ def plot_task_metrics(table: pd.DataFrame, few_shot: int = 0, metrics: Sequence[
         if chance and not c.empty:
             ax.axhline(float(c["value"].mean()), color="0.4", ls="--", lw=1, label="MC chance")
         ax.set_xscale("log")
-        ax.set_ylim(-0.02, 1.02)
+        ax.set_ylim(low, Y_CEILING)
+        ax.axhline(0, color="0.8", lw=0.8)
         ax.set_title(f"{task} ({few_shot}-shot)")
         ax.set_xlabel("tokens seen (step0 at left edge)")
-    axes[0, 0].set_ylabel("share of items")
+    axes[0, 0].set_ylabel("share of items (solving: 0 = chance)")
     axes[0, -1].legend(fontsize=7, loc="best")
     tier = str(sel["tier"].iloc[0])
     fig.suptitle(f"Downstream tasks: {sel['series'].iloc[0]}", fontsize=10)

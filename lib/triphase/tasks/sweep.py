@@ -9,11 +9,21 @@ module measures both, separately, per checkpoint and task family:
 * **accuracy**: share of answers equal to the gold answer (a non-compliant
   answer counts as wrong);
 * **accuracy given compliance**: accuracy among the compliant answers;
+* **solving**: accuracy given compliance corrected for chance,
+  ``(p - chance) / (1 - chance)``: 0 for a model that follows the format but
+  answers item-blind, 1 when every compliant answer is right; it cannot rise by
+  format alone (:mod:`triphase.tasks.scoring` defines the chance levels);
 * **log-likelihood multiple-choice accuracy**: share of items whose gold
   option has the highest total log-likelihood as the continuation
-  ``" " + option`` (format-free: no generation involved);
+  ``" " + option`` (format-free: no generation involved), and
+  **mc_above_chance**, the same minus its chance level;
 
-each with a 95% Wilson score interval (:func:`wilson_interval`).
+each with a 95% Wilson score interval (:func:`wilson_interval`; solving and
+mc_above_chance carry it through their map). Few-shot examples are separated by
+the model's document separator (its end-of-text token,
+:func:`triphase.tasks.items.document_separator`). Per-item outcomes go to
+``tasks_items.parquet`` (the same item ids at every checkpoint, so items can be
+resampled jointly across checkpoints).
 
 Items are :class:`triphase.TaskItem`: the organism's embedded suite comes from
 held-out story-world text (:func:`triphase.models.storyworld.task_items`); any other
@@ -51,18 +61,25 @@ from triphase.models.integrity import SweepLog, attach_identity, checkpoint_flag
 from triphase.models.loading import load_checkpoint, release, resolve_device
 from triphase.models.series import get_series
 from triphase.models.storyworld import TASK_FAMILIES
-from triphase.tasks.items import _plain, build_prompt, embedded_items, few_shot_examples, load_task_file
+from triphase.tasks.items import (_plain, build_prompt, document_separator, embedded_items, few_shot_examples,
+                                  load_task_file)
 from triphase.tasks.lmeval import lmeval_sweep
 from triphase.tasks.scoring import DEFAULT_MAX_NEW_TOKENS, DEFAULT_STOP, evaluate_items, summarize_scores
 
-#: Confidence level of every interval in the tasks table.
 DEFAULT_N_ITEMS = 200
 DEFAULT_FEW_SHOT = (0, 2)
 #: Bump when per-item scoring changes (keys the per-checkpoint cache).
-TASKS_RESULTS_VERSION = 1
+#: 2: few-shot examples separated by the model's end-of-text token; chance levels per item.
+TASKS_RESULTS_VERSION = 2
 TASK_PRESETS_FILE = "tasks.yaml"
 SAMPLES_FILE = "tasks_samples.parquet"
+ITEMS_FILE = "tasks_items.parquet"
 RESULTS_FILE = "tasks.parquet"
+#: Columns of ``tasks_items.parquet``: one row per checkpoint x task x few-shot count x item.
+ITEM_COLUMNS = ("series", "checkpoint", "step", "task", "few_shot", "item", "compliant", "correct", "mc_correct",
+                "chance", "mc_chance")
+#: ``few_shot_separator`` value meaning "the model's own document separator".
+MODEL_SEPARATOR = "model"
 
 
 # --------------------------------------------------------------------------- presets
@@ -135,7 +152,11 @@ def _suite(kind: str, names: list[str], n_items: int, seed: int) -> dict[str, li
 
 def _checkpoint_items(checkpoint, suite, few_shots, seed, settings, device, dtype, batch_size,
                       progress) -> pd.DataFrame:
-    """Per-item outcomes of one checkpoint on the whole suite, cached on disk."""
+    """Per-item outcomes of one checkpoint on the whole suite, cached on disk.
+
+    ``settings["few_shot_separator"]`` is :data:`MODEL_SEPARATOR` (the tokenizer's
+    end-of-text token, a property of the checkpoint, which is keyed) or a string.
+    """
 
     key = stable_hash({
         "version": TASKS_RESULTS_VERSION, "checkpoint": checkpoint.to_dict(),
@@ -149,14 +170,17 @@ def _checkpoint_items(checkpoint, suite, few_shots, seed, settings, device, dtyp
     model, tokenizer = load_checkpoint(checkpoint, device=device, dtype=dtype)
     try:
         remember_identity(checkpoint, model)
+        separator = settings["few_shot_separator"]
+        separator = document_separator(tokenizer) if separator == MODEL_SEPARATOR else separator
         tables = []
         for family, items in suite.items():
             for k in few_shots:
                 examples = few_shot_examples(items, k, seed=seed)
-                prompts = [build_prompt(item, ex) for item, ex in zip(items, examples)]
+                prompts = [build_prompt(item, ex, separator=separator) for item, ex in zip(items, examples)]
                 table = evaluate_items(model, tokenizer, items, prompts, max_new_tokens=settings["max_new_tokens"],
                                        stop=tuple(settings["stop"]), batch_size=batch_size, progress=progress)
                 table.insert(0, "few_shot", k)
+                table["few_shot_separator"] = separator
                 tables.append(table)
     finally:
         release(model)
@@ -169,7 +193,8 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
                      few_shot=DEFAULT_FEW_SHOT, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
                      stop: Sequence[str] = DEFAULT_STOP, seed: int = 0, device: str = "auto", dtype=None,
                      dataset: str = "simulated", subject: str = "sim01", batch_size: int = 32,
-                     progress: bool = True, lmeval_options: dict | None = None) -> pd.DataFrame:
+                     progress: bool = True, lmeval_options: dict | None = None,
+                     few_shot_separator: str = MODEL_SEPARATOR, write: bool = True) -> pd.DataFrame:
     """Downstream-task metrics of every chosen checkpoint: the tasks table.
 
     Parameters
@@ -203,6 +228,14 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
         tqdm bars.
     lmeval_options : dict, optional
         Extra keyword arguments for :func:`triphase.tasks.lmeval.lmeval_checkpoint`.
+    few_shot_separator : str
+        What joins few-shot examples and the question: ``"model"`` (default) the
+        model's document separator, its end-of-text token as in its training text
+        (:func:`triphase.tasks.items.document_separator`), or a literal string.
+        lm-eval tasks use lm-eval's own few-shot delimiter (a blank line).
+    write : bool
+        Write the tables to the results folder (False: only fill the per-checkpoint
+        caches, as the scale-out workers do).
 
     Returns
     -------
@@ -210,7 +243,9 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
         One row per checkpoint x task x few_shot x metric with columns series,
         checkpoint, step, tokens_seen, task, few_shot, metric, value, ci_low,
         ci_high, n_items, tier. Written atomically to ``tasks.parquet`` in the
-        results folder; the per-item outcomes go to ``tasks_samples.parquet``.
+        results folder; every item's generation and outcomes go to
+        ``tasks_samples.parquet`` (embedded tier) and the per-item outcomes in the
+        columns :data:`ITEM_COLUMNS` to ``tasks_items.parquet`` (both tiers).
 
     Examples
     --------
@@ -225,14 +260,18 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
     device = resolve_device(device)
     stop = (stop,) if isinstance(stop, str) else tuple(stop)
     few_shots = _few_shot_list(few_shot)
+    if not isinstance(few_shot_separator, str) or not few_shot_separator:
+        raise ValueError(f"few_shot_separator must be {MODEL_SEPARATOR!r} or a non-empty string, "
+                         f"got {few_shot_separator!r}")
     log = SweepLog("downstream tasks")
     if kind == "lmeval":
-        table = lmeval_sweep(chosen, names, device=device, dtype=dtype, num_fewshot=few_shots,
-                             progress=progress, log=log, **(lmeval_options or {}))
+        table, items_table = lmeval_sweep(chosen, names, device=device, dtype=dtype, num_fewshot=few_shots,
+                                          progress=progress, log=log, return_items=True, **(lmeval_options or {}))
         samples = None
     else:
         suite = _suite(kind, names, n_items, seed)
-        settings = {"max_new_tokens": int(max_new_tokens), "stop": list(stop)}
+        settings = {"max_new_tokens": int(max_new_tokens), "stop": list(stop),
+                    "few_shot_separator": few_shot_separator}
         rows, samples_list = [], []
         for ckpt in tqdm(chosen, desc="downstream tasks", unit="checkpoint", disable=not progress):
             with log.skip_if_missing(ckpt):
@@ -248,23 +287,30 @@ def downstream_tasks(series="organism", checkpoints="all", tasks=None, n_items: 
         log.check_any_done(chosen)  # (lmeval_sweep checks its own)
         table = pd.concat(rows, ignore_index=True)
         samples = pd.concat(samples_list, ignore_index=True)
+        items_table = samples.rename(columns={"item_id": "item"})
     columns = ["series", "checkpoint", "step", "tokens_seen", "task", "few_shot", "metric", "value",
                "ci_low", "ci_high", "n_items", "tier"]
     flags = checkpoint_flags(chosen, log, device=device, dtype=dtype)
     table = attach_identity(table[columns], flags)
+    if not write:
+        return table
     out = results_dir(ser.name, dataset, subject)
     write_flags(flags, out, "tasks")
     write_parquet(table, out / RESULTS_FILE)
+    write_parquet(items_table[list(ITEM_COLUMNS)].reset_index(drop=True), out / ITEMS_FILE)
     if samples is not None:
         write_parquet(samples, out / SAMPLES_FILE)
     return table
 
 
 def load_tasks_results(series: str, dataset: str = "simulated", subject: str = "sim01",
-                       samples: bool = False) -> pd.DataFrame:
-    """Read ``tasks.parquet`` (or ``tasks_samples.parquet``) of a finished run."""
+                       samples: bool = False, items: bool = False) -> pd.DataFrame:
+    """Read ``tasks.parquet`` (``tasks_samples.parquet`` with ``samples``, ``tasks_items.parquet`` with ``items``)."""
 
-    path = results_dir(series, dataset, subject, create=False) / (SAMPLES_FILE if samples else RESULTS_FILE)
+    if samples and items:
+        raise ValueError("samples and items name different files; ask for one of them")
+    name = SAMPLES_FILE if samples else ITEMS_FILE if items else RESULTS_FILE
+    path = results_dir(series, dataset, subject, create=False) / name
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run triphase.tasks.sweep.downstream_tasks({series!r}, ...) first")
     return pd.read_parquet(path)
