@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from triphase.internal import change_points
 from triphase.internal import measures as internal
 
 
@@ -103,24 +105,93 @@ def _cka_reference(x, y):
     return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
 
 
-def test_cka_identity_rotation_scaling():
+def _debiased_cka_reference(x, y):
+    """Song et al. (2012)'s unbiased HSIC written out with n x n matrices (no centring of the data)."""
+    def hsic(k, l):
+        n = k.shape[0]
+        k, l = k - np.diag(np.diag(k)), l - np.diag(np.diag(l))
+        one = np.ones(n)
+        return (np.trace(k @ l) + (one @ k @ one) * (one @ l @ one) / ((n - 1) * (n - 2))
+                - 2.0 / (n - 2) * one @ k @ l @ one) / (n * (n - 3))
+    k, l = x @ x.T, y @ y.T
+    return hsic(k, l) / np.sqrt(hsic(k, k) * hsic(l, l))
+
+
+def _kornblith_unbiased_centring_cka(x, y):
+    """Kornblith et al.'s reference code: unbiased centring of the Gram matrices, then CKA."""
+    def centre(gram):
+        n = gram.shape[0]
+        gram = gram.copy()
+        np.fill_diagonal(gram, 0.0)
+        means = gram.sum(axis=0) / (n - 2)
+        means -= means.sum() / (2 * (n - 1))
+        gram -= means[:, None] + means[None, :]
+        np.fill_diagonal(gram, 0.0)
+        return gram
+    k, l = centre(x @ x.T), centre(y @ y.T)
+    return np.sum(k * l) / np.sqrt(np.sum(k * k) * np.sum(l * l))
+
+
+@pytest.mark.parametrize("n, d1, d2", [(30, 4, 6), (25, 60, 40)])  # feature-space and Gram-matrix paths
+def test_debiased_cka_matches_two_independent_references(n, d1, d2):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((n, d1)) + 2.0  # uncentred on purpose: the estimator is shift-invariant
+    y = x[:, :2] @ rng.standard_normal((2, d2)) + rng.standard_normal((n, d2))
+    ours = internal.linear_cka(x, y)
+    assert ours == pytest.approx(_debiased_cka_reference(x, y), rel=1e-9)
+    assert ours == pytest.approx(_kornblith_unbiased_centring_cka(x, y), rel=1e-9)
+
+
+@pytest.mark.parametrize("ratio", [1 / 16, 1 / 2, 2])
+def test_debiased_cka_of_independent_matrices_is_zero_where_the_biased_one_is_not(ratio):
+    n, n_sim = 128, 12
+    d = int(ratio * n)
+    rng = np.random.default_rng(int(ratio * 64))
+    biased, debiased = [], []
+    for _ in range(n_sim):
+        x, y = rng.standard_normal((2, n, d))
+        biased.append(internal.linear_cka(x, y, debiased=False))
+        debiased.append(internal.linear_cka(x, y))
+    se = np.std(debiased, ddof=1) / np.sqrt(n_sim)
+    assert abs(np.mean(debiased)) < max(4 * se, 0.005)  # unbiased: E[HSIC_1] = 0 exactly
+    # the biased estimator's closed-form approximation d / (n + d) for two independent d-dimensional matrices
+    assert np.mean(biased) == pytest.approx(d / (n + d), abs=0.03)
+    if ratio >= 1:
+        assert 0.3 < np.mean(biased) < 0.7
+    assert internal.linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_cka_null_table_has_goals_and_passes():
+    table = internal.cka_null_table(ratios=(1 / 16, 2), n=96, n_sim=6, seed=1)
+    assert list(table.columns) == ["ratio", "d", "n", "estimator", "mean", "sd", "mc_se", "goal", "pass"]
+    assert table.loc[table["estimator"] == "debiased", "pass"].tolist() == [True, True]
+    assert table.loc[table["estimator"] == "biased", "pass"].isna().all()
+    biased_at_2 = table.query("estimator == 'biased' and ratio == 2")["mean"].item()
+    assert biased_at_2 == pytest.approx(2 / 3, abs=0.03)
+    with pytest.raises(ValueError, match="ratios"):
+        internal.cka_null_table(ratios=(0,))
+
+
+@pytest.mark.parametrize("debiased", [False, True])
+def test_cka_identity_rotation_scaling(debiased):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((300, 16)) @ rng.standard_normal((16, 16))
     rotation, _ = np.linalg.qr(rng.standard_normal((16, 16)))
-    assert internal.linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
-    assert internal.linear_cka(x, x @ rotation) == pytest.approx(1.0, abs=1e-12)
-    assert internal.linear_cka(x, 7.5 * x) == pytest.approx(1.0, abs=1e-12)
-    assert internal.linear_cka(x, 0.1 * x @ rotation + 3.0) == pytest.approx(1.0, abs=1e-12)  # shifts are centred away
+    linear_cka = lambda a, b: internal.linear_cka(a, b, debiased=debiased)  # noqa: E731
+    assert linear_cka(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert linear_cka(x, x @ rotation) == pytest.approx(1.0, abs=1e-12)
+    assert linear_cka(x, 7.5 * x) == pytest.approx(1.0, abs=1e-12)
+    assert linear_cka(x, 0.1 * x @ rotation + 3.0) == pytest.approx(1.0, abs=1e-12)  # shifts are centred away
     y = rng.standard_normal((300, 9))
-    assert internal.linear_cka(x, y) == pytest.approx(internal.linear_cka(x @ rotation, 2 * y), rel=1e-10)
+    assert linear_cka(x, y) == pytest.approx(linear_cka(x @ rotation, 2 * y), rel=1e-10)
 
 
 def test_cka_near_zero_for_independent_matrices():
     rng = np.random.default_rng(1)
     x, y = rng.standard_normal((4000, 20)), rng.standard_normal((4000, 20))
     # expectation ~ sqrt(p1 p2) / sqrt((n + p1)(n + p2)) = 0.005
-    assert internal.linear_cka(x, y) < 0.02
-    assert internal.linear_cka(x, x[:, :10]) > 0.5  # while shared structure is seen
+    assert internal.linear_cka(x, y, debiased=False) < 0.02
+    assert internal.linear_cka(x, x[:, :10], debiased=False) > 0.5  # while shared structure is seen
 
 
 @pytest.mark.parametrize("n, d1, d2", [(60, 5, 8), (40, 100, 70)])  # feature-space and Gram-matrix paths
@@ -128,7 +199,8 @@ def test_cka_matches_centring_matrix_reference(n, d1, d2):
     rng = np.random.default_rng(n)
     x = rng.standard_normal((n, d1))
     y = x[:, :1] @ rng.standard_normal((1, d2)) + rng.standard_normal((n, d2))
-    assert internal.linear_cka(x, y) == pytest.approx(_cka_reference(x, y), rel=1e-10)
+    assert internal.linear_cka(x, y, debiased=False) == pytest.approx(_cka_reference(x, y), rel=1e-10)
+    assert internal.linear_cka(x, y) == pytest.approx(_debiased_cka_reference(x, y), rel=1e-9)
 
 
 def test_cka_rejects_mismatched_points():
@@ -271,3 +343,144 @@ def test_probes_reject_bad_input():
         internal.probe_r2(x, np.ones(20), np.arange(20) // 5)
     with pytest.raises(ValueError, match="kind"):
         internal.ridge_probes(x, {"y": ("ordinal", np.arange(20))}, np.arange(20) // 5)
+
+
+# --------------------------------------------------------------------------- probe control task
+def test_control_task_gives_one_label_per_type_from_the_label_distribution():
+    rng = np.random.default_rng(0)
+    types = rng.integers(0, 50, 5000)
+    labels = np.where(rng.random(5000) < 0.7, "N", "V")
+    control = internal.control_task_labels(labels, types, seed=1)
+    for t in np.unique(types):
+        assert len(set(control[types == t])) == 1
+    per_type = np.array([control[types == t][0] for t in np.unique(types)])
+    assert abs(np.mean(per_type == "N") - 0.7) < 0.2  # 50 draws from the 70/30 distribution
+    assert not np.array_equal(control, internal.control_task_labels(labels, types, seed=2))
+    with pytest.raises(ValueError, match="one length"):
+        internal.control_task_labels(labels, types[:10])
+
+
+def test_selectivity_zero_for_a_random_embedding_per_type_high_for_a_label_embedding():
+    table = internal.probe_selectivity_random_embedding(d=96, n_sim=2, seed=3, n_types=200, n_stories=8,
+                                                        words_per_story=120).set_index("representation")
+    random = table.loc["random_per_type"]
+    assert random["accuracy"] > 0.75  # memorising types suffices: the label is a function of the type
+    assert abs(random["selectivity"]) < 0.05
+    assert table.loc["encodes_label", "selectivity"] > 0.3
+    assert table["pass"].all()
+
+
+def test_selectivity_of_a_type_embedding_when_labels_vary_within_types():
+    """Planted ground truth: labels independent of the type, states that only know the type: negative selectivity."""
+    rng = np.random.default_rng(7)
+    n, n_types = 1500, 60
+    types = rng.integers(0, n_types, n)
+    labels = rng.integers(0, 2, n)  # not a function of the type at all
+    x_type = rng.standard_normal((n_types, 40))[types]
+    groups = np.arange(n) // 150
+    only_type = internal.probe_selectivity(x_type, labels, types, groups)
+    assert only_type["score"] < 0.6  # the type says nothing about these labels
+    assert only_type["control"] > 0.8  # while the per-type control labels are memorised
+    assert only_type["selectivity"] < -0.25
+
+
+# --------------------------------------------------------------------------- change points
+def _table(curves: dict, n: int = 12, per_head: dict | None = None) -> pd.DataFrame:
+    """A tidy internal table: measure -> {layer: values}; per_head: measure -> {(layer, head): values}."""
+    rows = []
+    for measure, by_layer in curves.items():
+        for layer, values in by_layer.items():
+            rows += [{"series": "s", "checkpoint": f"step{i}", "step": i, "tokens_seen": 100 * 2 ** i,
+                      "tier": "embedded", "layer": layer, "head": -1, "measure": measure, "value": v}
+                     for i, v in enumerate(values)]
+    for measure, by_head in (per_head or {}).items():
+        for (layer, head), values in by_head.items():
+            rows += [{"series": "s", "checkpoint": f"step{i}", "step": i, "tokens_seen": 100 * 2 ** i,
+                      "tier": "embedded", "layer": layer, "head": head, "measure": measure, "value": v}
+                     for i, v in enumerate(values)]
+    return pd.DataFrame(rows)
+
+
+def test_change_points_never_found_for_a_constant_measure():
+    n = 12
+    table = _table({"probe_pos_chance": {1: [0.4] * n, 2: [0.4] * n}, "anisotropy": {1: [0.3] * n},
+                    "lm_loss_heldout": {-1: [2.0] * n}, "cka_previous": {1: [np.nan] + [0.99] * (n - 1)},
+                    "induction_score_max": {1: [0.05] * n}})
+    table = table.dropna(subset=["value"])
+    result = change_points.internal_change_points(table, measures=sorted(set(table["measure"])))
+    assert len(result) == 6  # one largest_change per measure, plus the induction onset
+    assert not result["found"].any()
+    assert (result["reason"] == "constant").all()
+
+
+def test_change_points_noise_only_false_positive_rate_at_nominal_level():
+    rng = np.random.default_rng(11)
+    x = np.arange(23.0)
+    n_sim, alpha = 300, 0.05
+    for kind in ("level", "change"):
+        found = [change_points.largest_change(x, 0.5 + 0.01 * rng.standard_normal(23), kind, alpha=alpha,
+                                              n_null=199, n_boot=20, seed=i)["found"] for i in range(n_sim)]
+        # at most nominal + 2 Monte-Carlo standard errors
+        assert np.mean(found) <= alpha + 2 * np.sqrt(alpha * (1 - alpha) / n_sim), kind
+    found = [change_points.onset(x, rng.standard_normal(23), alpha=alpha, n_null=199, n_boot=20, seed=i)["found"]
+             for i in range(n_sim)]
+    assert np.mean(found) <= alpha + 2 * np.sqrt(alpha * (1 - alpha) / n_sim)
+
+
+def test_change_points_find_a_planted_jump_and_its_interval_covers_it():
+    rng = np.random.default_rng(12)
+    x = np.log10(100 * 2.0 ** np.arange(20))
+    truth = (x[11] + x[12]) / 2
+    covered, found = [], []
+    for i in range(100):
+        values = np.where(np.arange(20) >= 12, 1.0, 0.0) + 0.1 * rng.standard_normal(20)
+        result = change_points.largest_change(x, values, n_null=199, n_boot=200, seed=i)
+        found.append(result["found"] and result["x"] == pytest.approx(truth))
+        covered.append(result["ci_low"] <= truth <= result["ci_high"])
+    assert np.mean(found) > 0.9
+    assert np.mean(covered) >= 0.95  # nominal 95 % interval
+    # a smooth rise moves a lot but has no abrupt change
+    smooth = 0.05 * np.arange(20.0) + 0.005 * rng.standard_normal(20)
+    assert not change_points.largest_change(x, smooth, seed=0)["found"]
+
+
+def test_change_points_lowest_similarity_is_the_change_of_a_previous_measure():
+    x = np.arange(10.0)
+    similarity = np.array([np.nan, 0.99, 0.98, 0.99, 0.4, 0.985, 0.99, 0.98, 0.99, 0.985])
+    result = change_points.largest_change(x, similarity, kind="change")
+    assert result["found"] and result["x"] == 3.5 and (result["ci_low"], result["ci_high"]) == (3.0, 4.0)
+
+
+def test_change_points_keep_per_head_rows_apart_from_layer_means():
+    n = 12
+    step = [0.0] * 6 + [1.0] * 6
+    flat = (0.2 + 0.001 * np.random.default_rng(3).standard_normal(n)).tolist()
+    # the layer mean (head -1) is flat; one head jumps: averaging them together would invent a change
+    table = _table({"attention_entropy": {1: flat, 2: flat}}, per_head={"attention_entropy": {(1, 0): step,
+                                                                                              (1, 1): flat}})
+    default = change_points.internal_change_points(table)
+    assert default[["layer", "head"]].values.tolist() == [["mean", -1]]
+    assert not default["found"].item()
+    with_heads = change_points.internal_change_points(table, heads=True).set_index(["layer", "head"])
+    assert with_heads.loc[("1", 0), "found"] and not with_heads.loc[("1", 1), "found"]
+    assert not with_heads.loc[("mean", -1), "found"]
+    each = change_points.internal_change_points(table, layer="each")
+    assert each["layer"].tolist() == ["1", "2"]
+
+
+def test_change_points_table_output_and_errors():
+    n = 12
+    rise = [0.05] * 6 + [0.6] * 6
+    table = _table({"induction_score_max": {1: rise}, "probe_pos_accuracy_control": {1: rise}})
+    result = change_points.internal_change_points(table)
+    assert list(result.columns) == change_points.OUTPUT_COLUMNS + ["reason"]
+    assert result["measure"].unique().tolist() == ["induction_score_max"]  # controls left out by default
+    assert result["boundary"].tolist() == ["largest_change", "onset"]
+    assert result["found"].all() and (result["ci_low"] <= result["x"]).all() and (result["x"] <= result["ci_high"]).all()
+    with pytest.raises(ValueError, match="layer=7"):
+        change_points.internal_change_points(table, layer=7)
+    with pytest.raises(ValueError, match="lacks column"):
+        change_points.internal_change_points(table.drop(columns="head"))
+    with pytest.raises(ValueError, match="strictly increasing"):
+        change_points.largest_change([0.0, 0.0, 1.0, 2.0, 3.0], np.arange(5.0))
+    assert change_points.largest_change(np.arange(4.0), np.arange(4.0))["reason"].startswith("fewer than")

@@ -165,9 +165,11 @@ def test_pipeline_values_make_sense(tiny_organism, small_run):
         assert ("step0", layer, -1, "cka_previous") not in table.index  # no previous checkpoint
         assert 0 <= table[("step0", layer, -1, "cka_final")] <= 1
         chance = table[(final, layer, -1, "probe_pos_chance")]
-        assert abs(table[(final, layer, -1, "probe_pos_accuracy_shuffled")] - chance) < 0.06
         assert table[(final, layer, -1, "probe_pos_accuracy")] > chance + 0.2
-        assert abs(table[(final, layer, -1, "probe_depth_r2_shuffled")]) < 0.05
+        for probe in ("probe_pos_accuracy", "probe_depth_r2"):
+            # selectivity is the probe minus its control task (a random label per word type)
+            assert table[(final, layer, -1, f"{probe}_selectivity")] == pytest.approx(
+                table[(final, layer, -1, probe)] - table[(final, layer, -1, f"{probe}_control")])
     vocab = tiny_organism.info["config"]["vocab_size"]
     assert table[("step0", -1, -1, "lm_loss_heldout")] == pytest.approx(np.log(vocab), rel=0.02)
     assert table[(final, -1, -1, "lm_loss_heldout")] < table[("step0", -1, -1, "lm_loss_heldout")] - 1.0
@@ -290,3 +292,25 @@ def test_notebook_runs_on_the_tiny_organism(tiny_organism, tmp_path):
     loss = table.query("measure == 'lm_loss_heldout'").sort_values("step")["value"]
     assert any(f"Held-out loss falls from {loss.iloc[0]:.3f} to {loss.iloc[-1]:.3f}" in m for m in markdown)
     assert any("embedded tier" in m for m in markdown)
+
+
+def test_layer_measures_control_task_exposes_type_memorisation():
+    """Planted: states = a random vector per word type. Part of speech is read off the type, so the probe
+    scores high, but the per-type control does too: selectivity about 0 (the old shuffled control said chance)."""
+    text = ist.heldout_text(6, seed=1)
+    types = text.types
+    vocabulary, index = np.unique(types, return_inverse=True)
+    x = np.random.default_rng(0).standard_normal((vocabulary.size, 64))[index]
+    out = ist.layer_measures(x, x[:200], {"pos": text.labels["pos"]}, text.story_index, ["pos"], 3, seed=0,
+                             types=types)
+    assert out["probe_pos_accuracy"] > out["probe_pos_chance"] + 0.2
+    assert abs(out["probe_pos_accuracy_selectivity"]) < 0.1
+    assert set(out) >= {"probe_pos_accuracy_control", "probe_pos_accuracy_selectivity"}
+    assert not any(name.endswith("_shuffled") for name in out)
+    with pytest.raises(ValueError, match="types"):
+        ist.layer_measures(x, x[:200], {"pos": text.labels["pos"]}, text.story_index, ["pos"], 3, seed=0)
+
+
+def test_textset_types_are_word_forms():
+    text = ist.TextSet("t", ["a"], [["The", "dog.", "the"]])
+    assert text.types.tolist() == ["the", "dog", "the"]

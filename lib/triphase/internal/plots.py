@@ -34,8 +34,9 @@ def plot_measures(table: pd.DataFrame, measures: Sequence[str], col_wrap: int = 
     col_wrap, height : int, float
         Panels per row and panel height (inches).
     controls : bool
-        Draw a measure's shuffled-label control (``<measure>_shuffled``,
-        averaged over layers) in the same panel as a grey dashed line.
+        Draw a probe's control task (``<measure>_control``: one random label
+        per word type, averaged over layers) in the same panel as a grey
+        dashed line.
     references : dict, optional
         measure -> value drawn as a dark grey dashed horizontal line in that
         measure's panel (e.g. the induction score of uniform attention).
@@ -70,12 +71,12 @@ def plot_measures(table: pd.DataFrame, measures: Sequence[str], col_wrap: int = 
     grid.set_titles("{col_name}")
     if controls:
         for measure, ax in grid.axes_dict.items():
-            control = table[(table["measure"] == f"{measure}_shuffled") & (table["head"] == NO_HEAD)]
+            control = table[(table["measure"] == f"{measure}_control") & (table["head"] == NO_HEAD)]
             if control.empty:
                 continue
             mean = control.groupby("tokens_seen", as_index=False)["value"].mean()
             ax.plot(log_positions(mean["tokens_seen"].to_numpy()), mean["value"], ls="--", color="0.5", lw=1,
-                    label="shuffled labels")
+                    label="control task")
             ax.legend(frameon=False, fontsize=7, loc="best")
     grid.figure.suptitle(tier_label(_tier(table)), y=1.02, fontsize=10)
     for measure, value in (references or {}).items():

@@ -90,13 +90,13 @@ from triphase.models.series import CheckpointSeries, get_series
 from triphase.models.storyworld import stimulus_stories
 
 #: Bump when any measure's computation changes (keys the per-checkpoint cache).
-INTERNAL_RESULTS_VERSION = 1
+INTERNAL_RESULTS_VERSION = 2
 INTERNAL_TABLE = "internal.parquet"
 #: Seed offset of the held-out analysis stories: distinct from the simulated
 #: participant's stimuli and from the organism's held-out-loss stories.
 INTERNAL_STORY_SEED_OFFSET = 2_000_029
-#: Seed offsets so the subsample, the random sequences and the shuffles draw independent numbers.
-SUBSAMPLE_STREAM, INDUCTION_STREAM, SHUFFLE_STREAM = 11, 12, 13
+#: Seed offsets so the subsample, the random sequences and the control-task labels draw independent numbers.
+SUBSAMPLE_STREAM, INDUCTION_STREAM, CONTROL_STREAM = 11, 12, 13
 DEFAULT_N_STORIES = 8
 DEFAULT_TOKEN_BUDGET = 2048
 DEFAULT_INDUCTION_LENGTH = 32
@@ -127,15 +127,18 @@ MEASURES = {
     "n_components_90": ("layer", "principal components needed for 90% of the variance"),
     "anisotropy": ("layer", "mean pairwise cosine similarity of word representations"),
     "mean_norm": ("layer", "mean Euclidean norm of word representations"),
-    "cka_final": ("layer", "linear CKA to the same layer of the series' final checkpoint (if that is missing: of "
-                           "the last available one, named in integrity_flag)"),
-    "cka_previous": ("layer", "linear CKA to the same layer of the previous chosen checkpoint"),
+    "cka_final": ("layer", "debiased linear CKA to the same layer of the series' final checkpoint (if that is "
+                           "missing: of the last available one, named in integrity_flag)"),
+    "cka_previous": ("layer", "debiased linear CKA to the same layer of the previous chosen checkpoint"),
     "attention_entropy": ("layer / head", "mean attention entropy (nats); head -1 = mean over heads"),
     "induction_score": ("head", "prefix-matching score on repeated random tokens"),
     "induction_score_max": ("layer", "largest prefix-matching score over the heads of the layer"),
-    **{f"probe_{name}_{'accuracy' if kind == 'classification' else 'r2'}{suffix}":
-       ("layer", f"linear probe{' on shuffled labels' if suffix else ''}: {text}")
-       for name, (kind, text) in PROBES.items() for suffix in ("", "_shuffled")},
+    **{f"probe_{name}_{'accuracy' if kind == 'classification' else 'r2'}{suffix}": ("layer", f"{what}: {text}")
+       for name, (kind, text) in PROBES.items()
+       for suffix, what in (("", "linear probe"),
+                            ("_control", "the same probe on the control task (one random label per word type, "
+                                         "Hewitt & Liang 2019)"),
+                            ("_selectivity", "probe score minus control-task score"))},
     "probe_pos_chance": ("layer", "majority-class share of the part-of-speech labels"),
 }
 TABLE_COLUMNS = ["series", "checkpoint", "step", "tokens_seen", "tier", "layer", "head", "measure", "value"]
@@ -168,6 +171,11 @@ class TextSet:
     @property
     def n_words(self) -> int:
         return sum(len(w) for w in self.words)
+
+    @property
+    def types(self) -> np.ndarray:
+        """Word type of every word (:func:`word_form`), the unit of the probes' control task."""
+        return np.array([word_form(w) for ws in self.words for w in ws])
 
     @property
     def story_index(self) -> np.ndarray:
@@ -478,13 +486,25 @@ def subsample_words(text: TextSet, budget: int, seed: int) -> np.ndarray:
 
 def layer_measures(x_all: np.ndarray, x_sub: np.ndarray, labels: dict[str, np.ndarray], groups: np.ndarray,
                    probes: Sequence[str], probe_splits: int, seed: int,
-                   probe_components: int | None = None) -> dict[str, float]:
+                   probe_components: int | None = None, types: np.ndarray | None = None) -> dict[str, float]:
     """Every per-layer representation measure of one layer's word states.
 
     ``x_all``: all analysis words but each story's first (anisotropy, norm,
     probes); ``x_sub``: the subsample (TwoNN, participation ratio, components).
     ``probe_components``: probes see the top principal components of
     ``x_all`` when the states are wider than that (None: all dimensions).
+    ``types``: word type of each row of ``x_all`` for the control task
+    (:func:`triphase.internal.measures.control_task_labels`); None: no probes.
+
+    Each probe comes with its control task (``<probe>_control``: one random
+    label per word type, seeded, the same at every checkpoint and layer) and
+    ``<probe>_selectivity`` = score - control. The control replaces the earlier
+    shuffled-label control: shuffling across words only showed that the
+    probe does not fit noise (it sits at chance whatever the states hold),
+    while in the story world word identity alone determines part of speech,
+    so a representation that merely tells word types apart scores high; only
+    a per-type control exposes that (see
+    :func:`triphase.internal.measures.probe_selectivity_random_embedding`).
     """
     out = {
         "intrinsic_dimension": internal.twonn_dimension(x_sub),
@@ -493,22 +513,25 @@ def layer_measures(x_all: np.ndarray, x_sub: np.ndarray, labels: dict[str, np.nd
         "anisotropy": internal.anisotropy(x_all),
         "mean_norm": internal.mean_norm(x_all),
     }
-    rng = np.random.default_rng([seed, SHUFFLE_STREAM])
-    targets = {}
-    for name in probes:
-        if name not in labels:
-            continue
+    targets, scored = {}, []
+    chosen = [name for name in probes if name in labels]
+    if chosen and types is None:
+        raise ValueError("types (the word type of each row) are needed for the probes' control task")
+    for k, name in enumerate(chosen):
         kind = PROBES[name][0]
-        score = "accuracy" if kind == "classification" else "r2"
-        targets[f"probe_{name}_{score}"] = (kind, labels[name])
-        # control: the same labels permuted across words, which breaks any relation to the states
-        targets[f"probe_{name}_{score}_shuffled"] = (kind, rng.permutation(labels[name]))
+        score = f"probe_{name}_{'accuracy' if kind == 'classification' else 'r2'}"
+        targets[score] = (kind, labels[name])
+        control_seed = int(np.random.SeedSequence([seed, CONTROL_STREAM, k]).generate_state(1)[0])
+        targets[f"{score}_control"] = (kind, internal.control_task_labels(labels[name], types, control_seed))
+        scored.append(score)
         if kind == "classification":
             out[f"probe_{name}_chance"] = internal.chance_accuracy(labels[name])
     if targets:
         # wide models: probe the top principal components (unsupervised, labels unseen) to bound the cost
         x_probe = internal.principal_components(x_all, probe_components, seed) if probe_components else x_all
         out.update(internal.ridge_probes(x_probe, targets, groups, probe_splits))
+        for score in scored:
+            out[f"{score}_selectivity"] = out[score] - out[f"{score}_control"]
     return out
 
 
@@ -543,6 +566,7 @@ def checkpoint_measures(model, tokenizer, ckpt, text: TextSet, other: TextSet | 
     subsample = np.asarray(settings["subsample"])
     groups = text.story_index[keep]
     labels = {name: values[keep] for name, values in text.labels.items()}
+    types = text.types[keep]
     iterator = list(enumerate(layer_index))
     if progress:
         iterator = tqdm(iterator, desc="layer measures", leave=False)
@@ -550,7 +574,7 @@ def checkpoint_measures(model, tokenizer, ckpt, text: TextSet, other: TextSet | 
         x = main.states[i]
         rows += _rows(ckpt, layer_measures(x[keep], x[subsample], labels, groups, settings["probes"],
                                            settings["probe_splits"], settings["seed"],
-                                           settings["probe_components"]), layer)
+                                           settings["probe_components"], types), layer)
         if layer >= 1:  # block layer - 1 produced this hidden state; its attention is reported here
             block = layer - 1
             rows += _rows(ckpt, {"attention_entropy": main.entropy[block].mean(),
