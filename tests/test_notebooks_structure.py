@@ -24,9 +24,9 @@ def code_lines(path) -> int:
                if line.strip() and not line.strip().startswith("#"))
 
 
-def test_the_five_chapters_are_there():
+def test_the_six_chapters_are_there():
     assert [p.stem for p in NOTEBOOKS] == ["00_organism", "01_brain_alignment", "02_internal_states",
-                                          "03_downstream_tasks", "04_phases"]
+                                          "03_downstream_tasks", "04_phases", "05_validation"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

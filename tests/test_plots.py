@@ -128,7 +128,7 @@ def test_three_perspectives_draws_every_perspective(records):
     np.testing.assert_allclose(drawn["instruction_following (all tasks)"].get_xdata(),
                                X[np.argsort(pooled["step"].to_numpy())])
     assert "instruction-following onset (CI > 0.5)" in drawn
-    assert bottom.get_ylabel() == "share of items (0-shot)"
+    assert bottom.get_ylabel() == "share of items / chance-corrected (0-shot)"
     # brain breakpoints dashed in the lower panels
     dashed = sorted(line.get_xdata()[0] for line in bottom.get_lines() if line.get_linestyle() == "--")
     np.testing.assert_allclose(dashed, sorted(m["result"].breakpoints))

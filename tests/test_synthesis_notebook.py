@@ -5,9 +5,15 @@ The tables are written by this test into a temporary data home: a series
 rise-fall-rise brain-score curve, while another layer with higher test scores at
 the dip rises monotonically; its tasks and internal tables carry boundaries at
 known checkpoints. ``synthetic-b`` has a brain table only, and subject ``sim02``
-has no table at all. The notebook must find the planted boundaries, write
-``phases.parquet`` with the contract columns, and report the missing tables in
-words instead of failing.
+has no table at all. The task tables are possible data: they are computed from
+per-item outcomes (``tasks_items.parquet``, also written) in which a correct
+answer is always compliant; solving (chance-corrected accuracy among compliant
+answers) is undefined before any answer is compliant, then rises, stagnates and
+consolidates at the brain's second breakpoint. ``synthetic-a`` also has joint
+brain replicates (``brain_replicates.parquet``); ``synthetic-b`` has none, so it
+falls back to AR(1) replicates with a note. The notebook must find the planted
+boundaries, write ``phases.parquet`` with the contract columns, and report the
+missing tables in words instead of failing.
 """
 from __future__ import annotations
 
@@ -35,9 +41,14 @@ BREAK_TOLERANCE = 0.35
 ITEMS = 200
 CONTRACT_COLUMNS = ["series", "checkpoint", "step", "tokens_seen", "tier", "dataset", "subject", "perspective",
                     "source", "boundary", "found", "x", "ci_low", "ci_high", "overlaps_brain", "pattern",
-                    "pattern_share", "p_monotone"]
+                    "pattern_stability", "p_monotone", "triple", "plateau", "replicates"]
 PARAMETERS = dict(series=["synthetic-a", "synthetic-b"], dataset=DATASET, subjects=["sim01", "sim02"],
-                  checkpoints="all", device="cpu", seed=0, dataset_options={}, n_boot=60, n_null=59)
+                  checkpoints="all", device="cpu", seed=0, dataset_options={}, n_boot=60, n_null=199)
+#: Chance level of the fabricated task families, and the joint brain replicates written.
+CHANCE = 0.5
+N_REPLICATES = 60
+#: AR(1) coefficient of the replicates' deviations across checkpoints (they share test blocks).
+REPLICATE_PHI = 0.5
 
 
 def _join(series: str) -> pd.DataFrame:
@@ -68,22 +79,73 @@ def brain_table(series: str, subject: str, planted: bool, rng) -> pd.DataFrame:
     return pd.concat(frames + [control], ignore_index=True)
 
 
-def tasks_table(series: str) -> pd.DataFrame:
-    rows = []
-    consolidation = X >= PLANTED_BREAKS[1]
+def _solving_curve() -> np.ndarray:
+    """Planted solving: a first rise from the onset (step16), a plateau, consolidation at the second brain break."""
+    return np.interp(X, [X[0], X[5], X[7], PLANTED_BREAKS[1], X[-1]], [0.0, 0.0, 0.35, 0.35, 0.95])
+
+
+def items_table(series: str) -> pd.DataFrame:
+    """Per-item outcomes (``tasks_items.parquet`` contract): correct answers are always compliant."""
+    rng = np.random.default_rng(11)
+    frames = []
     for few_shot in (0, 2):
-        following = np.where(STEPS >= 64, 0.9, 0.05) if few_shot == 0 else np.full(X.size, 0.95)
-        accuracy = np.where(consolidation, 0.1 + 0.5 * (X - PLANTED_BREAKS[1]), 0.1)
+        compliance = np.where(STEPS >= 16, 0.9, 0.0) if few_shot == 0 else np.full(X.size, 0.95)
         for task in ("yesno", "choice"):
-            for metric, value in (("instruction_following", following), ("accuracy", accuracy),
-                                  ("mc_chance", np.full(X.size, 0.5))):
-                k = np.rint(value * ITEMS)
-                frame = _join(series).assign(task=task, few_shot=few_shot, metric=metric, value=k / ITEMS,
-                                             n_items=ITEMS)
-                bounds = [wilson_interval(int(successes), ITEMS) for successes in k]
-                frame["ci_low"], frame["ci_high"] = np.array(bounds).T
-                rows.append(frame)
-    return pd.concat(rows, ignore_index=True)
+            u, v, w = rng.uniform(size=(3, ITEMS))
+            for i, c in enumerate(_join(series).itertuples()):
+                p_correct = CHANCE + (1 - CHANCE) * _solving_curve()[i]
+                compliant = u < compliance[i]
+                frames.append(pd.DataFrame({
+                    "series": series, "checkpoint": c.checkpoint, "step": c.step, "task": task,
+                    "few_shot": few_shot, "item": np.arange(ITEMS), "compliant": compliant,
+                    "correct": compliant & (v < p_correct), "mc_correct": (w < p_correct).astype(float),
+                    "chance": CHANCE}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def tasks_table(series: str) -> pd.DataFrame:
+    """The tasks table implied by :func:`items_table` (shares with Wilson intervals, solving mapped from its share)."""
+    rows = []
+    items = items_table(series)
+    for (few_shot, task, checkpoint), group in items.groupby(["few_shot", "task", "checkpoint"], sort=False):
+        base = {**_join(series).set_index("checkpoint").loc[checkpoint].to_dict(), "checkpoint": checkpoint,
+                "task": task, "few_shot": few_shot}
+        n_compliant = int(group["compliant"].sum())
+        counts = {"instruction_following": (n_compliant, ITEMS), "accuracy": (int(group["correct"].sum()), ITEMS),
+                  "mc_accuracy": (int(group["mc_correct"].sum()), ITEMS)}
+        for metric, (k, n) in counts.items():
+            low, high = wilson_interval(k, n)
+            rows.append({**base, "metric": metric, "value": k / n, "ci_low": low, "ci_high": high, "n_items": n})
+        k_mc = counts["mc_accuracy"][0]
+        low, high = wilson_interval(k_mc, ITEMS)
+        rows.append({**base, "metric": "mc_above_chance", "value": k_mc / ITEMS - CHANCE, "ci_low": low - CHANCE,
+                     "ci_high": high - CHANCE, "n_items": ITEMS})
+        if n_compliant:
+            k = int(group["correct"].sum())
+            low, high = wilson_interval(k, n_compliant)
+            value, low, high = ((q - CHANCE) / (1 - CHANCE) for q in (k / n_compliant, low, high))
+        else:
+            value, low, high = np.nan, np.nan, np.nan          # solving is undefined without compliant answers
+        rows.append({**base, "metric": "solving", "value": value, "ci_low": low, "ci_high": high,
+                     "n_items": n_compliant})
+    return pd.DataFrame(rows)
+
+
+def replicates_table(brain: pd.DataFrame, rng) -> pd.DataFrame:
+    """Joint replicates (``brain_replicates.parquet`` contract): one AR(1) deviation curve per replicate."""
+    frames = []
+    model = brain[brain["features"] == "model"]
+    for (layer, region), rows in model.groupby(["layer", "region"], sort=True):
+        rows = rows.sort_values("step")
+        deviation = np.zeros((N_REPLICATES, len(rows)))
+        deviation[:, 0] = rng.normal(0, NOISE_SD, N_REPLICATES)
+        for t in range(1, len(rows)):
+            deviation[:, t] = (REPLICATE_PHI * deviation[:, t - 1]
+                               + np.sqrt(1 - REPLICATE_PHI**2) * rng.normal(0, NOISE_SD, N_REPLICATES))
+        for b in range(N_REPLICATES):
+            frames.append(rows[["series", "checkpoint", "step", "dataset", "subject", "layer", "region", "features"]]
+                          .assign(replicate=b, score_mean=rows["score_mean"].to_numpy() + deviation[b]))
+    return pd.concat(frames, ignore_index=True)
 
 
 def internal_table(series: str, rng) -> pd.DataFrame:
@@ -108,16 +170,23 @@ def _write(home, series, subject, name, table):
     return folder
 
 
+def _write_tables(home):
+    rng = np.random.default_rng(7)
+    brain = brain_table("synthetic-a", "sim01", True, rng)
+    _write(home, "synthetic-a", "sim01", "brain.parquet", brain)
+    _write(home, "synthetic-a", "sim01", "brain_replicates.parquet", replicates_table(brain, rng))
+    _write(home, "synthetic-a", "sim01", "tasks.parquet", tasks_table("synthetic-a"))
+    _write(home, "synthetic-a", "sim01", "tasks_items.parquet", items_table("synthetic-a"))
+    _write(home, "synthetic-a", "sim01", "internal.parquet", internal_table("synthetic-a", rng))
+    _write(home, "synthetic-b", "sim01", "brain.parquet", brain_table("synthetic-b", "sim01", False, rng))
+
+
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory):
     import papermill as pm
 
     home = tmp_path_factory.mktemp("synthesis_home")
-    rng = np.random.default_rng(7)
-    _write(home, "synthetic-a", "sim01", "brain.parquet", brain_table("synthetic-a", "sim01", True, rng))
-    _write(home, "synthetic-a", "sim01", "tasks.parquet", tasks_table("synthetic-a"))
-    _write(home, "synthetic-a", "sim01", "internal.parquet", internal_table("synthetic-a", rng))
-    _write(home, "synthetic-b", "sim01", "brain.parquet", brain_table("synthetic-b", "sim01", False, rng))
+    _write_tables(home)
     out = home / "04_phases.ipynb"
     previous = os.environ.get("TRIPHASE_HOME")
     os.environ["TRIPHASE_HOME"] = str(home)   # the kernel inherits it
@@ -186,13 +255,17 @@ def test_finds_the_planted_boundaries(executed):
     assert (brain["p_monotone"] <= 0.05).all()
     for planted in PLANTED_BREAKS:
         assert np.min(np.abs(brain["x"] - planted)) < BREAK_TOLERANCE, (planted, brain["x"].tolist())
+    assert brain["triple"].all() and set(brain["replicates"]) == {"supplied"}     # the joint replicates
     onset = table[(table["perspective"] == "instruction_following") & (table["source"] == "all")].iloc[0]
-    # few_shot=0 rows cross at step64; the few_shot=2 rows (0.95 from step0) must have been left out
-    assert onset["found"] and onset["checkpoint"] == "step64"
+    # few_shot=0 rows cross at step16; the few_shot=2 rows (0.95 from step0) must have been left out
+    assert onset["found"] and onset["checkpoint"] == "step16"
     x_of = dict(zip([f"step{s}" for s in STEPS], X))
-    consolidation = table[(table["perspective"] == "task_accuracy") & (table["source"] == "all (accuracy)")
-                          & (table["boundary"] == "consolidation_onset")].iloc[0]
-    assert consolidation["found"] and abs(consolidation["x"] - PLANTED_BREAKS[1]) < BREAK_TOLERANCE
+    solving = table[(table["perspective"] == "task_solving") & (table["source"] == "all (solving)")
+                    & table["found"]].set_index("boundary")
+    assert abs(solving.loc["consolidation_onset", "x"] - PLANTED_BREAKS[1]) < BREAK_TOLERANCE
+    # stagnation starts at the end of the first rise (X[7]), after the onset: never the floor before it
+    assert abs(solving.loc["stagnation_start", "x"] - X[7]) < BREAK_TOLERANCE
+    assert set(solving["replicates"]) == {"items"}
     internal = table[table["perspective"] == "internal"]
     assert not internal["source"].str.startswith(("anisotropy", "induction_score ")).any()
     cka = internal[internal["source"].str.startswith("cka_previous")].iloc[0]
@@ -214,6 +287,8 @@ def test_reports_missing_tables_in_words(executed):
     assert "No phase analysis (no brain table)" in text
     assert "embedded tier: model organism / simulated participant" in text
     assert "shows the triple phase pattern" in text          # generated by describe_phases for synthetic-a
+    assert "brain_replicates.parquet not found" in text      # synthetic-b falls back to AR(1) replicates, said
+    assert "meet one by chance" in text                      # overlaps against circular shifts
     images = sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
     assert images == 2                                       # one three-panel figure per model with tables
 
@@ -228,11 +303,7 @@ FIT = dict(n_boot=30, seed=0, n_null=29, max_breakpoints=4)
 def run_home(tmp_path, monkeypatch):
     """The fixture tables of the notebook test in a fresh data home."""
     monkeypatch.setenv("TRIPHASE_HOME", str(tmp_path))
-    rng = np.random.default_rng(7)
-    _write(tmp_path, "synthetic-a", "sim01", "brain.parquet", brain_table("synthetic-a", "sim01", True, rng))
-    _write(tmp_path, "synthetic-a", "sim01", "tasks.parquet", tasks_table("synthetic-a"))
-    _write(tmp_path, "synthetic-a", "sim01", "internal.parquet", internal_table("synthetic-a", rng))
-    _write(tmp_path, "synthetic-b", "sim01", "brain.parquet", brain_table("synthetic-b", "sim01", False, rng))
+    _write_tables(tmp_path)
     return tmp_path
 
 
@@ -263,9 +334,11 @@ def test_parameter_helpers():
         check_threshold(1.5)
     check_threshold(0.0)
     assert layer_description(3) == "layer 3"
-    assert brain_replicates("score_mean") == "ci" and replicates_note("score_mean") is None
-    assert brain_replicates("score_top10") == "residual"
-    assert replicates_note("score_top10").startswith("brain_measure='score_top10' has no stored bootstrap interval")
+    assert brain_replicates("score_mean", has_joint=True) == "joint"
+    assert replicates_note("score_mean", has_joint=True) is None
+    assert brain_replicates("score_mean") == "residual" and "not found" in replicates_note("score_mean")
+    assert brain_replicates("score_top10", has_joint=True) == "residual"
+    assert replicates_note("score_top10").startswith("brain_measure='score_top10' has no stored joint replicates")
 
 
 def test_read_run_tables_and_status_lines(run_home):
@@ -290,10 +363,11 @@ def test_prepare_model_restricts_tables_and_builds_the_axis(run_home):
 
     models, _ = read_run_tables("synthetic-a", DATASET, ["sim01", "sim02"])
     a, empty = models
-    notes = prepare_model(a, "all", few_shot=2, accuracy_metric="mc_accuracy",
+    notes = prepare_model(a, "all", few_shot=2, solving_metric="accuracy_given_compliance",
                           internal_measures=["cka_previous", "intrinsic_dimension"])
-    assert set(a["tasks"]["few_shot"]) == {2}
-    assert notes == ["the tasks table has no metric 'mc_accuracy' (it has accuracy, instruction_following, mc_chance)",
+    assert set(a["tasks"]["few_shot"]) == {2} and set(a["tasks_items"]["few_shot"]) == {2}
+    assert notes == ["the tasks table has no metric 'accuracy_given_compliance' (it has accuracy, "
+                     "instruction_following, mc_above_chance, mc_accuracy, solving)",
                      "internal measure(s) intrinsic_dimension not in internal.parquet"]
     assert set(a["internal"]["measure"]) == {"cka_previous"} and set(a["internal"]["head"]) == {-1}
     np.testing.assert_allclose(a["axis"]["x"], X)
@@ -324,7 +398,7 @@ def test_brain_phases_and_the_phases_table(run_home):
     # the best layer by cross-validated score (layer 1) carries the curve
     assert set(a["curve"]["layer"]) == {1}
     np.testing.assert_allclose(a["x"], X)
-    expected = brain_phases(a["brain"], x=a["x"], replicates="ci", **{k: v for k, v in FIT.items()})
+    expected = brain_phases(a["brain"], x=a["x"], replicates="joint", replicates_df=a["brain_replicates"], **FIT)
     np.testing.assert_allclose(a["result"].breakpoints, expected.breakpoints)
     assert no_table["result"] is None and no_table["raw_curve"] is None and no_table["phases"] is None
     written = pd.read_parquet(a["folder"] / PHASES_FILE)
@@ -353,13 +427,20 @@ def test_pooled_task_curve_weights_families_by_items():
     pooled = pooled_task_curve(tasks, "instruction_following")
     assert pooled["step"].tolist() == sorted(STEPS)
     row = pooled[pooled["checkpoint"] == "step64"].iloc[0]
-    k = float(np.rint(0.9 * ITEMS)) * 2
+    families = tasks[(tasks["metric"] == "instruction_following") & (tasks["checkpoint"] == "step64")]
+    k = float(np.rint((families["value"] * families["n_items"]).sum()))    # compliant answers over both families
     assert row["value"] == pytest.approx(k / (2 * ITEMS))
     assert (row["ci_low"], row["ci_high"]) == pytest.approx(wilson_interval(k, 2 * ITEMS))
     # without item counts: plain means of the values and bounds
     unweighted = pooled_task_curve(tasks.drop(columns="n_items"), "accuracy")
     first = tasks[(tasks["metric"] == "accuracy") & (tasks["step"] == 0)]
     assert unweighted.iloc[0]["ci_low"] == pytest.approx(first["ci_low"].mean())
+    # solving is not a share: item-weighted means (here over compliant answers), undefined checkpoints left out
+    solving = pooled_task_curve(tasks, "solving")
+    assert solving["step"].min() == 16
+    rows = tasks[(tasks["metric"] == "solving") & (tasks["step"] == 1024)]
+    assert solving.set_index("step").loc[1024, "value"] == pytest.approx(
+        np.average(rows["value"], weights=rows["n_items"]))
 
 
 def test_cross_model_table_and_summary(run_home):
@@ -381,8 +462,11 @@ def test_cross_model_table_and_summary(run_home):
     assert paragraphs[1].startswith("The embedded results below come from the model organism")
     assert paragraphs[2].startswith("**synthetic-a, simulated sim01.** For the score_mean (all, best layer per "
                                     "checkpoint by cross-validated training score), BIC selects")
-    assert "Instruction following (pooled over tasks) first has its 95% CI above 0.5 at step64" in paragraphs[2]
+    assert "Instruction following (pooled over tasks) first has its 95% CI above 0.5 at step16" in paragraphs[2]
+    assert "Pooled solving, after the first rise and the onset of instruction following" in paragraphs[2]
+    assert 0 <= a["chance rate of meeting"] <= 1 and 0 < a["p (overlap vs shifts)"] <= 1
     assert paragraphs[3] == ("**synthetic-a, simulated sim02.** No phase analysis (no brain table). "
                              "Not computed: brain, internal, tasks.")
-    assert paragraphs[4].endswith("Not computed: internal, tasks.")
+    assert "Not computed: internal, tasks." in paragraphs[4]
+    assert paragraphs[4].endswith("instead of the joint test-block replicates.")    # the fallback, said
     assert "No model has a brain-score table" not in text

@@ -4,13 +4,11 @@ from __future__ import annotations
 import numpy as np
 
 #: Where step0 (zero tokens) is drawn on a log axis: this fraction of the first positive tokens_seen.
-
-
-#: Where step0 (zero tokens) is drawn on a log axis: this fraction of the first positive tokens_seen.
 STEP0_POSITION = 0.5
 TIER_LABELS = {
     "embedded": "embedded tier: model organism / simulated participant",
     "real": "real tier: public checkpoints / recorded fMRI",
+    "simulation": "simulation: planted ground truth (validation of the methods)",
 }
 
 

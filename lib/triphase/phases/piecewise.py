@@ -9,7 +9,6 @@ import itertools
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 #: Most breakpoints the model search considers by default (the design's 0-4).
 DEFAULT_MAX_BREAKPOINTS = 4
@@ -38,10 +37,19 @@ MAX_CACHED_PLAN_ELEMENTS = 2**23
 MIN_CURVE_POINTS = 4
 
 #: Noise models of the monotone null (see the module docstring).
-NULL_NOISES = ("fit-gaussian", "isotonic-gaussian", "isotonic-residuals", "replicates")
+NULL_NOISES = ("ar1-gaussian", "fit-gaussian", "isotonic-gaussian", "isotonic-residuals", "replicates")
+#: How replicate curves are drawn when none are supplied (see the module docstring of inference).
+BOOTSTRAPS = ("ar1", "residual")
+#: Largest AR(1) coefficient the noise model uses (closer to 1 the process is a random walk, not noise).
+MAX_AR1 = 0.95
+#: Grid of AR(1) coefficients over which the residual autocorrelation is matched.
+AR1_GRID_SIZE = 96
 
-RISING, FLAT, FALLING = "rising", "flat", "falling"
-SEGMENT_COLOURS = {RISING: "tab:green", FLAT: "0.6", FALLING: "tab:red"}
+#: Segment labels. "flat" needs an equivalence bound (the slope interval inside +-flat_bound);
+#: a segment that is neither rising, falling nor shown flat has "no evidence of change".
+RISING, FLAT, FALLING, NO_CHANGE = "rising", "flat", "falling", "no evidence of change"
+SEGMENT_LABELS = (RISING, FLAT, FALLING, NO_CHANGE)
+SEGMENT_COLOURS = {RISING: "tab:green", FLAT: "0.6", FALLING: "tab:red", NO_CHANGE: "0.85"}
 
 
 # --------------------------------------------------------------------------- x axis
@@ -333,15 +341,32 @@ def _fit_given(x: np.ndarray, curves: np.ndarray, breaks: np.ndarray) -> _Fits:
     return _Fits(breaks, slopes, slope_se, fitted, knot_values, rss)
 
 
-def _labels_from_interval(low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    return np.where(low > 0, RISING, np.where(high < 0, FALLING, FLAT))
+def labels_from_interval(low, high, flat_bound: float | None = None) -> np.ndarray:
+    """Segment labels from slope intervals: rising, falling, flat (within ``+-flat_bound``) or no evidence of change.
+
+    ``flat_bound`` is the smallest slope of interest (y units per x unit); an
+    interval inside ``[-flat_bound, flat_bound]`` shows the segment flat (an
+    equivalence test at the interval's level). Without it no segment is called flat.
+
+    Examples
+    --------
+    >>> labels_from_interval([0.1, -0.3, -0.01, -0.5], [0.4, -0.1, 0.02, 0.5], flat_bound=0.05).tolist()
+    ['rising', 'falling', 'flat', 'no evidence of change']
+    """
+    low, high = np.asarray(low, dtype=float), np.asarray(high, dtype=float)
+    if flat_bound is not None and not flat_bound > 0:
+        raise ValueError(f"flat_bound must be a positive slope (smallest effect of interest), got {flat_bound}")
+    bound = np.inf if flat_bound is None else flat_bound
+    flat = (low >= -bound) & (high <= bound) & np.isfinite(bound)
+    return np.where(low > 0, RISING, np.where(high < 0, FALLING, np.where(flat, FLAT, NO_CHANGE)))
 
 
 def has_triple_pattern(labels) -> bool:
     """Whether a sequence of segment labels shows rise, significant fall, rise.
 
-    Flat segments are skipped: some ``"falling"`` segment must have a
-    ``"rising"`` one somewhere before it and somewhere after it.
+    Flat segments (and those with no evidence of change) are skipped: some
+    ``"falling"`` segment must have a ``"rising"`` one somewhere before it and
+    somewhere after it.
 
     Examples
     --------
@@ -351,19 +376,13 @@ def has_triple_pattern(labels) -> bool:
     False
     """
     labels = list(labels)
-    unknown = set(labels) - {RISING, FLAT, FALLING}
+    unknown = set(labels) - set(SEGMENT_LABELS)
     if unknown:
-        raise ValueError(f"labels must be {RISING!r}, {FLAT!r} or {FALLING!r}; got {sorted(unknown)}")
+        raise ValueError(f"labels must be among {SEGMENT_LABELS}; got {sorted(unknown)}")
     for i, label in enumerate(labels):
         if label == FALLING and RISING in labels[:i] and RISING in labels[i + 1:]:
             return True
     return False
-
-
-def _largest_dip(knot_values: np.ndarray) -> np.ndarray:
-    """``max_{i<j} v_i - v_j`` per row (0 for non-decreasing rows)."""
-    running_max = np.maximum.accumulate(knot_values, axis=1)
-    return np.max(running_max - knot_values, axis=1)
 
 
 def _select(x, curves, max_k, min_points, grid_per_gap, refine_steps):
@@ -392,7 +411,8 @@ def _fit_chosen(x, curves, breaks, chosen) -> list[tuple[np.ndarray, _Fits]]:
     return groups
 
 
-LABEL_CODES = {RISING: 1, FLAT: 0, FALLING: -1}
+#: Codes of the vectorised pattern rule (flat and "no evidence of change" are both 0: skipped).
+LABEL_CODES = {RISING: 1, FLAT: 0, NO_CHANGE: 0, FALLING: -1}
 
 
 def _pattern_codes(codes: np.ndarray) -> np.ndarray:
@@ -403,9 +423,3 @@ def _pattern_codes(codes: np.ndarray) -> np.ndarray:
     return np.any((codes == LABEL_CODES[FALLING]) & before & after, axis=1)
 
 
-def _t_interval_codes(fits: _Fits, n: int, ci_level: float) -> np.ndarray:
-    """Label codes from the conditional OLS t-interval of each slope."""
-    k = fits.breaks.shape[-1]
-    crit = stats.t.ppf(0.5 + ci_level / 2, max(n - (k + 2), 1))
-    low, high = fits.slopes - crit * fits.slope_se, fits.slopes + crit * fits.slope_se
-    return np.where(low > 0, 1, np.where(high < 0, -1, 0))

@@ -6,11 +6,14 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from triphase.phases.boundaries import ACCURACY, INSTRUCTION, INTERNAL, OVERALL_TASK
+from triphase.phases.boundaries import INSTRUCTION, INTERNAL, OVERALL_TASK, SOLVING
 from triphase.phases.inference import PhaseResult
 from triphase.phases.piecewise import SEGMENT_COLOURS
 from triphase.phases.synthesis import brain_replicates, layer_description, pooled_task_curve
 from triphase.plotting import stamp_tier, tier_label
+
+#: Lowest y of the task panel: chance-corrected solving can fall below 0.
+SOLVING_AXIS_FLOOR = -0.3
 
 
 # --------------------------------------------------------------------------- figure
@@ -67,9 +70,9 @@ def plot_phases(ax, x, y, result: PhaseResult, tier: str | None = None, title: s
     heading = title or "Phases"
     stats_line = f"pattern: {'yes' if result.pattern else 'no'}"
     if result.n_boot:
-        stats_line += f", bootstrap share {100 * result.pattern_share:.0f}%"
+        stats_line += f", stability {100 * result.pattern_stability:.0f}%"
     if result.n_null:
-        stats_line += f", p(monotone) = {result.p_monotone:.3g}"
+        stats_line += f", p(monotone) = {result.p_monotone:.3g}, triple: {'yes' if result.triple else 'no'}"
     lines = [heading, stats_line] + ([tier_label(tier)] if tier is not None else [])
     ax.set_title("\n".join(lines), fontsize=9)
     ax.set_xlabel("log10 tokens seen")
@@ -97,16 +100,16 @@ def _mark_boundary(ax, row, color, label, ls=":"):
 
 
 def plot_three_perspectives(model: dict, brain_measure: str = "score_mean", region: str = "all",
-                            layer: int | None = None, threshold: float = 0.5, accuracy_metric: str = "accuracy",
+                            layer: int | None = None, threshold: float = 0.5, solving_metric: str = "solving",
                             few_shot: int = 0):
     """The three perspectives of one model on its log-tokens axis, in three stacked panels.
 
     (Top) the brain score with its 95% intervals and its phase fit
     (:func:`plot_phases`); (middle) the internal measures, averaged over layers
     and min-max scaled to [0, 1], with their largest changes; (bottom)
-    instruction following and accuracy pooled over task families
+    instruction following and solving pooled over task families
     (:func:`~triphase.phases.synthesis.pooled_task_curve`) with the onset of
-    instruction following and the accuracy boundaries. The brain breakpoints
+    instruction following and the stagnation / consolidation of solving. The brain breakpoints
     are dashed in every panel; a missing perspective says "not computed".
 
     Parameters
@@ -116,7 +119,7 @@ def plot_three_perspectives(model: dict, brain_measure: str = "score_mean", regi
         :func:`~triphase.phases.synthesis.prepare_model`,
         :func:`~triphase.phases.synthesis.fit_brain_phases` and
         :func:`~triphase.phases.synthesis.write_phases_table`.
-    brain_measure, region, layer, threshold, accuracy_metric, few_shot
+    brain_measure, region, layer, threshold, solving_metric, few_shot
         The settings the record was analysed with (they label the panels).
 
     Returns
@@ -174,7 +177,7 @@ def plot_three_perspectives(model: dict, brain_measure: str = "score_mean", regi
         _not_computed(axes[1], "internal states")
     if m["tasks"] is not None and len(m["tasks"]):
         drawn = False
-        for metric, color in (("instruction_following", "tab:purple"), (accuracy_metric, "tab:orange")):
+        for metric, color in (("instruction_following", "tab:purple"), (solving_metric, "tab:orange")):
             rows = pooled_task_curve(m["tasks"], metric)
             if rows.empty:
                 continue
@@ -186,18 +189,18 @@ def plot_three_perspectives(model: dict, brain_measure: str = "score_mean", regi
             for r in phases[(phases["perspective"] == INSTRUCTION) & (phases["source"] == OVERALL_TASK)
                             & phases["found"]].itertuples():
                 _mark_boundary(axes[2], r, "tab:purple", f"instruction-following onset (CI > {threshold:g})")
-            for r in phases[(phases["perspective"] == ACCURACY)
-                            & (phases["source"] == f"{OVERALL_TASK} ({accuracy_metric})")
+            for r in phases[(phases["perspective"] == SOLVING)
+                            & (phases["source"] == f"{OVERALL_TASK} ({solving_metric})")
                             & phases["found"]].itertuples():
-                _mark_boundary(axes[2], r, "tab:orange", f"accuracy {r.boundary.replace('_', ' ')}",
+                _mark_boundary(axes[2], r, "tab:orange", f"{solving_metric} {r.boundary.replace('_', ' ')}",
                                ls=":" if r.boundary == "consolidation_onset" else "-.")
         axes[2].axhline(threshold, color="0.6", lw=0.8)
-        axes[2].set_ylim(-0.02, 1.02)
-        axes[2].set_ylabel(f"share of items ({few_shot}-shot)")
+        axes[2].set_ylim(SOLVING_AXIS_FLOOR, 1.02)
+        axes[2].set_ylabel(f"share of items / chance-corrected ({few_shot}-shot)")
         if drawn:
             axes[2].legend(frameon=False, fontsize=7)
         else:
-            _not_computed(axes[2], f"instruction following / {accuracy_metric}")
+            _not_computed(axes[2], f"instruction following / {solving_metric}")
     else:
         _not_computed(axes[2], "downstream tasks")
     if result is not None:
@@ -207,3 +210,48 @@ def plot_three_perspectives(model: dict, brain_measure: str = "score_mean", regi
     stamp_tier(fig, tier)
     fig.tight_layout(rect=(0, 0.02, 1, 1))
     return fig
+
+
+#: Colours of the validation plot: goal met, goal not met, shown for contrast.
+VALIDATION_COLOURS = {True: "tab:green", False: "tab:red", None: "tab:gray"}
+#: Monte-Carlo error bars of the validation plot: +/- this many standard errors.
+VALIDATION_ERROR_SE = 2
+
+
+def plot_validation(table, statistics, goal: float | None = None, title: str | None = None, ax=None):
+    """Rates of some validation rows with +/- 2 Monte-Carlo SE, coloured by whether they meet their goal.
+
+    Parameters
+    ----------
+    table : DataFrame
+        :func:`triphase.phases.validation.validation_table` rows.
+    statistics : sequence of str
+        Which ``statistic`` values to draw (one row of dots each, one dot per setting).
+    goal : float, optional
+        Draw the goal as a vertical line.
+    title : str, optional
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    matplotlib Axes
+    """
+    rows = table[table["statistic"].isin(statistics)]
+    if rows.empty:
+        raise ValueError(f"no validation rows with statistic in {list(statistics)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 0.35 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    for yi, r in zip(y, rows.itertuples()):
+        colour = VALIDATION_COLOURS[None if r.passed is None or r.passed != r.passed else bool(r.passed)]
+        half = VALIDATION_ERROR_SE * r.mc_se if np.isfinite(r.mc_se) else 0.0
+        ax.errorbar(r.value, yi, xerr=half, fmt="o", color=colour, ms=4, capsize=2)
+    ax.set_yticks(y)
+    ax.set_yticklabels([f"{r.statistic}: {r.setting}" for r in rows.itertuples()], fontsize=7)
+    if goal is not None:
+        ax.axvline(goal, color="k", ls="--", lw=1, label=f"goal {goal:g}")
+        ax.legend(loc="lower right", fontsize=8)
+    ax.set_xlabel(f"rate (dots: estimate; bars: +/- {VALIDATION_ERROR_SE} Monte-Carlo SE)")
+    ax.set_title(title or "validation by simulation")
+    stamp_tier(ax.figure, "simulation")
+    return ax

@@ -25,9 +25,18 @@ from triphase._io import write_parquet
 from triphase.brain.sweep import BRAIN_TABLE, best_layers
 from triphase.internal.sweep import INTERNAL_TABLE
 from triphase.models.checkpoints import Checkpoint, select_checkpoints
-from triphase.phases.boundaries import ACCURACY, BRAIN, INSTRUCTION, OVERALL_TASK, brain_curve, brain_phases
+from triphase.phases.boundaries import (
+    BRAIN,
+    INSTRUCTION,
+    OVERALL_TASK,
+    SOLVING,
+    SOLVING_METRICS,
+    TASK_FLAT_BOUND,
+    brain_curve,
+    brain_phases,
+)
 from triphase.phases.piecewise import MIN_CURVE_POINTS, log_tokens
-from triphase.phases.table import alignment_table
+from triphase.phases.table import DEFAULT_N_SHIFTS, alignment_table, boundary_agreement, table_overlap_chance
 from triphase.phases.text import describe_phases
 from triphase.plotting import tier_label
 from triphase.tasks.scoring import wilson_interval
@@ -35,13 +44,16 @@ from triphase.tasks.sweep import RESULTS_FILE as TASKS_TABLE
 
 #: The table file of each perspective in a results folder.
 TABLE_FILES = {"brain": BRAIN_TABLE, "internal": INTERNAL_TABLE, "tasks": TASKS_TABLE}
+#: Joint replicate tables (contracts of the brain and task chapters): replicate curves of the brain score
+#: from one set of resampled test blocks, and per-item task outcomes to resample items jointly.
+REPLICATE_FILES = {"brain_replicates": "brain_replicates.parquet", "tasks_items": "tasks_items.parquet"}
 #: The cross-perspective table written beside them.
 PHASES_FILE = "phases.parquet"
 #: brain.parquet's ci_low / ci_high are block-bootstrap intervals of this column only.
 BRAIN_CI_MEASURE = "score_mean"
 #: Columns of the phases table the chapter shows.
-SHOW_COLUMNS = ["perspective", "source", "boundary", "found", "x", "ci_low", "ci_high", "checkpoint", "tokens_seen",
-                "overlaps_brain"]
+SHOW_COLUMNS = ["perspective", "source", "boundary", "found", "plateau", "x", "ci_low", "ci_high", "checkpoint",
+                "tokens_seen", "overlaps_brain", "replicates"]
 
 
 # --------------------------------------------------------------------------- parameters
@@ -90,27 +102,31 @@ def check_threshold(threshold: float) -> None:
         raise ValueError(f"parameter threshold_following must be a share in [0, 1], got {threshold}")
 
 
-def brain_replicates(brain_measure: str) -> str:
-    """Where the replicate curves of a brain measure come from: ``"ci"`` or ``"residual"``.
+def brain_replicates(brain_measure: str, has_joint: bool = False) -> str:
+    """Where the replicate curves of a brain measure come from: ``"joint"`` or ``"residual"``.
 
-    Only :data:`BRAIN_CI_MEASURE` has stored bootstrap intervals; other measures
-    (and, since :func:`alignment_table` passes one setting to both, the task
-    curves with them) use the residual bootstrap of the fit.
+    Only :data:`BRAIN_CI_MEASURE` has stored joint replicates
+    (``brain_replicates.parquet``: every checkpoint scored on the same
+    resampled test blocks); without them, or for other measures, the AR(1)
+    bootstrap of the fit keeps the dependence between checkpoints instead.
 
     Examples
     --------
-    >>> brain_replicates("score_mean"), brain_replicates("score_top10")
-    ('ci', 'residual')
+    >>> brain_replicates("score_mean", has_joint=True), brain_replicates("score_top10", has_joint=True)
+    ('joint', 'residual')
     """
-    return "ci" if brain_measure == BRAIN_CI_MEASURE else "residual"
+    return "joint" if has_joint and brain_measure == BRAIN_CI_MEASURE else "residual"
 
 
-def replicates_note(brain_measure: str) -> str | None:
-    """The sentence printed when a brain measure has no stored interval (None when it has)."""
-    if brain_replicates(brain_measure) == "ci":
+def replicates_note(brain_measure: str, has_joint: bool = False) -> str | None:
+    """The sentence printed when the brain curve has no joint replicates (None when it has)."""
+    if brain_replicates(brain_measure, has_joint) == "joint":
         return None
-    return (f"brain_measure={brain_measure!r} has no stored bootstrap interval (only {BRAIN_CI_MEASURE} has): "
-            f"brain and task replicates use the residual bootstrap of the fits")
+    if brain_measure != BRAIN_CI_MEASURE:
+        return (f"brain_measure={brain_measure!r} has no stored joint replicates (only {BRAIN_CI_MEASURE} has): "
+                f"its replicates and monotone null use AR(1) noise fitted to the residuals")
+    return (f"{REPLICATE_FILES['brain_replicates']} not found: the brain replicates and monotone null use AR(1) "
+            f"noise fitted to the residuals instead of the joint test-block replicates")
 
 
 # --------------------------------------------------------------------------- reading
@@ -140,7 +156,10 @@ def read_run_tables(series, dataset: str, subjects) -> tuple[list[dict], pd.Data
         for subject in as_list(subjects):
             folder = results_dir(name, dataset, subject, create=False)
             tables = {kind: read_table(folder, kind) for kind in TABLE_FILES}
-            models.append({"series": name, "dataset": dataset, "subject": subject, "folder": folder, **tables})
+            joint = {kind: (pd.read_parquet(folder / file) if (folder / file).exists() else None)
+                     for kind, file in REPLICATE_FILES.items()}
+            models.append({"series": name, "dataset": dataset, "subject": subject, "folder": folder, **tables,
+                           **joint})
             status_rows.append({"series": name, "dataset": dataset, "subject": subject,
                                 **{kind: "missing" if t is None else f"{len(t)} rows" for kind, t in tables.items()}})
     return models, pd.DataFrame(status_rows)
@@ -181,7 +200,7 @@ def chosen_checkpoints(tables, spec) -> list[str]:
     return [c.name for c in select_checkpoints(ckpts, spec)]
 
 
-def prepare_model(model: dict, checkpoints="all", few_shot: int = 0, accuracy_metric: str = "accuracy",
+def prepare_model(model: dict, checkpoints="all", few_shot: int = 0, solving_metric: str = "solving",
                   internal_measures=()) -> list[str]:
     """Restrict a model record's tables and put its checkpoints on the x axis (in place); return notes.
 
@@ -203,13 +222,15 @@ def prepare_model(model: dict, checkpoints="all", few_shot: int = 0, accuracy_me
         When the tasks table lacks the requested ``few_shot`` count.
     """
     notes = []
+    for kind in REPLICATE_FILES:
+        model.setdefault(kind, None)
     tables = [model[kind] for kind in TABLE_FILES]
     if all(t is None for t in tables):
         model["axis"], model["tier"] = None, None
         return notes
     if checkpoints != "all":
         keep = set(chosen_checkpoints(tables, checkpoints))
-        for kind in TABLE_FILES:
+        for kind in (*TABLE_FILES, *REPLICATE_FILES):
             if model[kind] is not None:
                 model[kind] = model[kind][model[kind]["checkpoint"].isin(keep)]
     if model["tasks"] is not None:
@@ -221,10 +242,16 @@ def prepare_model(model: dict, checkpoints="all", few_shot: int = 0, accuracy_me
                                  f"{available}")
             t = t[t["few_shot"] == few_shot]
         metrics = set(t["metric"])
-        for metric in ("instruction_following", accuracy_metric):
+        for metric in ("instruction_following", solving_metric):
             if metric not in metrics:
                 notes.append(f"the tasks table has no metric {metric!r} (it has {', '.join(sorted(metrics))})")
         model["tasks"] = t
+        items = model["tasks_items"]
+        if items is None:
+            notes.append(f"{REPLICATE_FILES['tasks_items']} not found: task replicates use AR(1) noise fitted to "
+                         f"the residuals instead of items resampled jointly across checkpoints")
+        elif "few_shot" in items.columns:
+            model["tasks_items"] = items[items["few_shot"] == few_shot]
     if model["internal"] is not None:
         i = model["internal"]
         absent = [x for x in internal_measures if x not in set(i["measure"])]
@@ -268,14 +295,14 @@ def brain_points(brain: pd.DataFrame, brain_measure: str = "score_mean", region:
 
 
 def fit_brain_phases(model: dict, notes: list, brain_measure: str = "score_mean", region: str = "all",
-                     layer: int | None = None, n_boot: int = 200, seed: int = 0, n_null: int = 199,
+                     layer: int | None = None, n_boot: int = 200, seed: int = 0, n_null: int = 999,
                      max_breakpoints: int = 4) -> str:
     """Fit the phases of a record's brain score (in place) and return the line that reports it.
 
     Sets ``raw_curve`` (the curve, or None without a brain table), ``curve`` and
     ``x`` (None when too few checkpoints) and ``result`` (the
     :func:`brain_phases` result, or None). Replicates come from the stored
-    intervals or the residual bootstrap (:func:`brain_replicates`). A curve with
+    joint replicates or the AR(1) bootstrap (:func:`brain_replicates`; a note says which). A curve with
     fewer than ``MIN_CURVE_POINTS`` points adds a note to ``notes``.
     """
     model["result"], model["curve"], model["raw_curve"] = None, None, None
@@ -290,9 +317,14 @@ def fit_brain_phases(model: dict, notes: list, brain_measure: str = "score_mean"
     x_of = dict(zip(model["axis"]["checkpoint"], model["axis"]["x"]))
     x = np.array([x_of[c] for c in curve["checkpoint"]])
     model["curve"], model["x"] = curve, x
+    joint = model.get("brain_replicates")
+    replicates = brain_replicates(brain_measure, joint is not None)
+    note = replicates_note(brain_measure, joint is not None)
+    if note:
+        notes.append(note)
     model["result"] = brain_phases(model["brain"], score=brain_measure, region=region, layer=layer, n_boot=n_boot,
                                    seed=seed, x=x, n_null=n_null, max_breakpoints=max_breakpoints,
-                                   replicates=brain_replicates(brain_measure))
+                                   replicates=replicates, replicates_df=joint if replicates == "joint" else None)
     return (f"{model['series']} / {model['subject']}: curve of {len(curve)} checkpoints "
             f"(layers {sorted(set(curve['layer'].astype(int)))}), x shape {x.shape}")
 
@@ -300,22 +332,27 @@ def fit_brain_phases(model: dict, notes: list, brain_measure: str = "score_mean"
 # --------------------------------------------------------------------------- the phases table
 
 def write_phases_table(model: dict, threshold: float = 0.5, brain_measure: str = "score_mean",
-                       region: str = "all", layer: int | None = None, accuracy_metric: str = "accuracy",
-                       n_boot: int = 200, n_null: int = 199, seed: int = 0, max_breakpoints: int = 4) -> str:
+                       region: str = "all", layer: int | None = None, solving_metrics=SOLVING_METRICS,
+                       n_boot: int = 200, n_null: int = 999, seed: int = 0, max_breakpoints: int = 4,
+                       flat_bound: float = TASK_FLAT_BOUND, n_shifts: int = DEFAULT_N_SHIFTS) -> str:
     """Build a record's cross-perspective table (:func:`alignment_table`), write it, return the report line.
 
     Sets ``model["phases"]`` (None without brain-score phases, and then nothing
     is written). The table is written atomically as :data:`PHASES_FILE` in the
-    record's folder, with the run's settings as columns.
+    record's folder, with the run's settings as columns. Sets ``model["overlap"]``, the
+    chance comparison of the overlaps (:func:`~triphase.phases.table.table_overlap_chance`).
     """
     model["phases"] = None
     if model["result"] is None:
         return f"{model['series']} / {model['subject']}: phases.parquet not written (no brain-score phases)"
-    replicate_options = {} if brain_replicates(brain_measure) == "ci" else {"replicates": "residual"}
+    joint = model.get("brain_replicates")
+    replicate_options = ({"brain_replicates_df": joint} if brain_replicates(brain_measure, joint is not None) == "joint"
+                         else {"replicates": "residual"})
     table = alignment_table(model["brain"], tasks_df=model["tasks"], internal_df=model["internal"],
                             threshold=threshold, score=brain_measure, region=region, layer=layer,
-                            accuracy_metric=accuracy_metric, n_boot=n_boot, n_null=n_null, seed=seed,
-                            max_breakpoints=max_breakpoints, **replicate_options)
+                            solving_metrics=solving_metrics, n_boot=n_boot, n_null=n_null, seed=seed,
+                            max_breakpoints=max_breakpoints, items_df=model.get("tasks_items"),
+                            flat_bound=flat_bound, **replicate_options)
     # the table's brain rows come from the same fit as the figure
     brain_x = table.loc[(table["perspective"] == BRAIN) & table["found"], "x"].to_numpy()
     assert np.allclose(brain_x, model["result"].breakpoints), (brain_x, model["result"].breakpoints)
@@ -325,6 +362,8 @@ def write_phases_table(model: dict, threshold: float = 0.5, brain_measure: str =
     table["brain_layer"] = "best" if layer is None else str(layer)
     table["n_boot"] = n_boot
     table["n_null"] = n_null
+    table["flat_bound"] = flat_bound
+    model["overlap"] = table_overlap_chance(table, (model["axis"]["x"].min(), model["axis"]["x"].max()), n_shifts)
     path = write_parquet(table, model["folder"] / PHASES_FILE)
     model["phases"] = table
     return f"{model['series']} / {model['subject']}: {table.shape[0]} boundaries x {table.shape[1]} columns -> {path}"
@@ -336,7 +375,8 @@ def pooled_task_curve(tasks: pd.DataFrame, metric: str) -> pd.DataFrame:
     """A task metric pooled over task families per checkpoint, with a 95% Wilson interval.
 
     Families are pooled item-weighted (``n_items``); without item counts the
-    values and their interval bounds are averaged.
+    values and their interval bounds are averaged. Solving metrics (not shares)
+    are pooled as item-weighted means of the values and of the bounds.
 
     Examples
     --------
@@ -345,11 +385,16 @@ def pooled_task_curve(tasks: pd.DataFrame, metric: str) -> pd.DataFrame:
     >>> pooled_task_curve(t, "accuracy")["value"].tolist()
     [0.75]
     """
-    rows = tasks[tasks["metric"] == metric]
+    rows = tasks[(tasks["metric"] == metric) & tasks["value"].notna()]
     out = []
     for (checkpoint, step), group in rows.groupby(["checkpoint", "step"], sort=False):
         n = group["n_items"].sum() if "n_items" in group and group["n_items"].notna().all() else 0
-        if n > 0:
+        if n > 0 and metric in SOLVING_METRICS:
+            # not a share: item-weighted mean of the values and of their interval bounds
+            weights = group["n_items"] / n
+            out.append((checkpoint, step, (group["value"] * weights).sum(), (group["ci_low"] * weights).sum(),
+                        (group["ci_high"] * weights).sum()))
+        elif n > 0:
             k = float(np.rint((group["value"] * group["n_items"]).sum()))
             low, high = wilson_interval(k, int(n))
             out.append((checkpoint, step, k / n, low, high))
@@ -371,7 +416,7 @@ def boundary_text(rows: pd.DataFrame) -> str:
     return "; ".join(f"{r.x:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]" for r in rows.itertuples()) or "none"
 
 
-def cross_model_table(models: list[dict], accuracy_metric: str = "accuracy") -> pd.DataFrame:
+def cross_model_table(models: list[dict], solving_metric: str = "solving") -> pd.DataFrame:
     """One row per model: brain breakpoints and segments, the pattern test, the task boundaries, the overlaps."""
     cross_rows = []
     for m in models:
@@ -382,24 +427,28 @@ def cross_model_table(models: list[dict], accuracy_metric: str = "accuracy") -> 
         result, phases = m["result"], m["phases"]
         others = phases[(phases["perspective"] != BRAIN) & phases["found"]]
         onset = phases[(phases["perspective"] == INSTRUCTION) & (phases["source"] == OVERALL_TASK) & phases["found"]]
-        consolidation = phases[(phases["perspective"] == ACCURACY) & phases["found"]
-                               & (phases["source"] == f"{OVERALL_TASK} ({accuracy_metric})")
+        consolidation = phases[(phases["perspective"] == SOLVING) & phases["found"]
+                               & (phases["source"] == f"{OVERALL_TASK} ({solving_metric})")
                                & (phases["boundary"] == "consolidation_onset")]
+        overlap = m.get("overlap") or {}
         cross_rows.append({
             **base, "tier": m["tier"], "brain phases": "computed",
             "checkpoints": len(m["curve"]), "breakpoints": result.n_breakpoints,
             "breakpoints x [CI]": boundary_text(phases[(phases["perspective"] == BRAIN) & phases["found"]]),
             "segments": " / ".join(result.segments["label"]),
-            "pattern": result.pattern, "pattern share": result.pattern_share, "p monotone": result.p_monotone,
+            "pattern": result.pattern, "pattern stability": result.pattern_stability,
+            "p monotone": result.p_monotone, "triple": result.triple,
             "IF onset x": onset["x"].iloc[0] if len(onset) else np.nan,
-            "consolidation x": consolidation["x"].iloc[0] if len(consolidation) else np.nan,
+            f"{solving_metric} consolidation x": consolidation["x"].iloc[0] if len(consolidation) else np.nan,
             "boundaries meeting a brain CI": f"{int(others['overlaps_brain'].fillna(False).sum())} of {len(others)}",
+            "chance rate of meeting": overlap.get("chance_rate", np.nan),
+            "p (overlap vs shifts)": overlap.get("p_value", np.nan),
         })
     return pd.DataFrame(cross_rows)
 
 
 def summary_markdown(models: list[dict], notes: dict, brain_measure: str = "score_mean", region: str = "all",
-                     layer: int | None = None, threshold: float = 0.5, accuracy_metric: str = "accuracy") -> str:
+                     layer: int | None = None, threshold: float = 0.5, solving_metric: str = "solving") -> str:
     """The chapter's summary, every sentence generated from the records' numbers (Markdown).
 
     ``notes`` maps ``(series, subject)`` to the notes gathered by
@@ -430,19 +479,37 @@ def summary_markdown(models: list[dict], notes: dict, brain_measure: str = "scor
             text.append(f"Instruction following (pooled over tasks) first has its 95% CI above {threshold:g} at "
                         f"{r.checkpoint} (x = {r.x:.2f}, between {r.ci_low:.2f} and {r.ci_high:.2f})." if r.found else
                         f"Instruction following (pooled over tasks) never has its 95% CI above {threshold:g}.")
-        for r in phases[(phases["perspective"] == ACCURACY)
-                        & (phases["source"] == f"{OVERALL_TASK} ({accuracy_metric})")].itertuples():
-            text.append(f"Pooled {accuracy_metric}: {r.boundary.replace('_', ' ')} at x = {r.x:.2f} "
-                        f"(CI {r.ci_low:.2f} to {r.ci_high:.2f})." if r.found else
-                        f"Pooled {accuracy_metric} shows no flat segment followed by a rising one.")
+        solving_rows = phases[phases["perspective"] == SOLVING]
+        for metric in dict.fromkeys(source.rsplit(" (", 1)[-1].rstrip(")") for source in solving_rows["source"]):
+            rows = solving_rows[solving_rows["source"] == f"{OVERALL_TASK} ({metric})"]
+            found_rows = rows[rows["found"]]
+            if len(found_rows):
+                where = "; ".join(f"{r.boundary.replace('_', ' ')} at x = {r.x:.2f} (CI {r.ci_low:.2f} to "
+                                  f"{r.ci_high:.2f})" for r in found_rows.itertuples())
+                plateau = found_rows["plateau"].iloc[0]
+                kind = ("flat within the smallest slope of interest" if plateau == "flat"
+                        else "not shown flat: no evidence of change")
+                text.append(f"Pooled {metric}, after the first rise and the onset of instruction following: "
+                            f"{where}; the plateau is {kind}.")
+            elif len(rows):
+                text.append(f"Pooled {metric} shows no plateau followed by a rise after its first rise and the "
+                            f"onset of instruction following.")
         found = phases[(phases["perspective"] != BRAIN) & phases["found"]]
+        overlap = m.get("overlap") or {}
         if len(found) and m["result"].n_breakpoints:
             meet = found[found["overlaps_brain"].fillna(False).astype(bool)]
             per = ", ".join(f"{perspective.replace('_', ' ')} {int(g['overlaps_brain'].fillna(False).sum())} "
                             f"of {len(g)}" for perspective, g in found.groupby("perspective", sort=False))
-            text.append(f"{len(meet)} of {len(found)} boundaries of the other perspectives have an interval that "
-                        f"meets a brain breakpoint's interval ({per}); with wide intervals, meeting is a weak "
-                        f"statement, so compare the positions in the table too.")
+            sentence = (f"{len(meet)} of {len(found)} boundaries of the other perspectives have an interval that "
+                        f"meets a brain breakpoint's interval ({per})")
+            if np.isfinite(overlap.get("chance_rate", np.nan)):
+                sentence += (f"; shifting all boundaries circularly along the axis, {100 * overlap['chance_rate']:.0f}% "
+                             f"meet one by chance (p = {overlap['p_value']:.2g} for at least the observed count), "
+                             + ("so the overlaps are more than chance would give."
+                                if overlap["p_value"] <= 0.05 else "so the overlaps are no more than chance gives."))
+            else:
+                sentence += "."
+            text.append(sentence)
         if missing:
             text.append(f"Not computed: {', '.join(missing)}.")
         text += [f"Note: {n}." for n in notes.get(key, [])]
@@ -450,3 +517,22 @@ def summary_markdown(models: list[dict], notes: dict, brain_measure: str = "scor
     if not any(m["result"] is not None for m in models):
         lines.append("No model has a brain-score table with enough checkpoints, so no phases were detected.")
     return "\n\n".join(lines)
+
+
+def agreement_across_models(models: list[dict]) -> tuple[pd.DataFrame | None, str]:
+    """Which boundaries agree across the models of this run (e.g. seeds), and a sentence saying so.
+
+    Uses :func:`triphase.phases.table.boundary_agreement` over every model with
+    a phases table; ``(None, reason)`` with fewer than two.
+    """
+    frames = [m["phases"].assign(model=f"{m['series']} / {m['subject']}") for m in models
+              if m.get("phases") is not None]
+    if len(frames) < 2:
+        return None, "One model in this run: agreement across models (such as training seeds) needs two or more."
+    agreement = boundary_agreement(pd.concat(frames, ignore_index=True), by="model")
+    agreeing = agreement[agreement["agree"]]
+    named = "; ".join(f"{r.perspective} {r.source}: {r.boundary} (common interval {r.common_low:.2f} to "
+                      f"{r.common_high:.2f})" for r in agreeing.itertuples())
+    sentence = (f"{len(agreeing)} of {len(agreement)} boundaries are found by all {len(frames)} models with "
+                f"intervals sharing a point" + (f": {named}." if named else "."))
+    return agreement, sentence

@@ -6,8 +6,6 @@ import numpy as np
 
 from triphase.phases.inference import PhaseResult
 
-#: Most breakpoints the model search considers by default (the design's 0-4).
-
 
 def _fmt(value: float, digits: int = 2) -> str:
     return "NaN" if not np.isfinite(value) else f"{value:.{digits}f}"
@@ -38,10 +36,14 @@ def describe_phases(result: PhaseResult, name: str = "the curve", x_name: str = 
     verdict = "shows" if result.pattern else "does not show"
     parts.append(f"The point estimate {verdict} the triple phase pattern (rise, significant fall, rise).")
     if result.n_boot:
-        parts.append(f"{100 * result.pattern_share:.0f}% of {result.n_boot} {result.bootstrap} bootstrap "
-                     f"replicates show it.")
+        parts.append(f"Labelled by the same rule, {100 * result.pattern_stability:.0f}% of {result.n_boot} "
+                     f"{result.bootstrap} bootstrap replicates show it (a stability, not a probability that the "
+                     f"pattern is real).")
     if result.n_null:
-        parts.append(f"Against a non-decreasing (isotonic) null ({result.null_noise} noise), the largest dip "
-                     f"of the fit ({result.monotone_statistic:.3g}) has p = {result.p_monotone:.3g} "
-                     f"({result.n_null} null curves).")
+        noise = (f"{result.null_noise} noise, AR(1) coefficient {_fmt(result.noise_phi)}"
+                 if result.null_noise == "ar1-gaussian" else f"{result.null_noise} noise")
+        parts.append(f"Against a non-decreasing null ({noise}), the largest dip of the smoothed curve "
+                     f"({result.monotone_statistic:.3g}) has p = {result.p_monotone:.3g} ({result.n_null} null "
+                     f"curves); the triple label (pattern and p <= {1 - result.ci_level:.2g}) is "
+                     f"{'given' if result.triple else 'not given'}.")
     return " ".join(parts)
