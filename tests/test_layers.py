@@ -16,7 +16,7 @@ PACKAGE = REPO_ROOT / "lib" / "triphase"
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 #: Dependencies a module may import inside a function: optional extras, imported only when used, and the
 #: heavy ones (seconds to import) that listing, checks and cached re-runs never need.
-OPTIONAL_DEPENDENCIES = {"lm_eval", "openneuro", "nltk"}
+OPTIONAL_DEPENDENCIES = {"lm_eval", "openneuro", "nltk", "distributed", "dask_jobqueue"}
 HEAVY_DEPENDENCIES = {"torch", "transformers", "tokenizers"}
 #: cli.py defers its subcommands' imports (torch, papermill) so that `triphase --help` stays instant.
 DEFERRING_MODULES = {"cli.py"}

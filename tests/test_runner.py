@@ -11,6 +11,7 @@ from conftest import REPO_ROOT
 from triphase._home import data_home, results_dir
 from triphase.runs.config import load_run_config
 from triphase.runs.runner import (
+    NOTEBOOK_SCOPE,
     NotebookFailed,
     SweepProgress,
     _jobs,
@@ -51,7 +52,8 @@ def test_every_source_notebook_is_parameterised_and_clean():
         assert not _outputs(nb), f"{path.name}: source notebooks must not store outputs"
         assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# ")
         params = notebook_parameters(path.stem, REPO_ROOT)
-        assert {"series", "seed", "device"} <= set(params), f"{path.name}: base parameters missing"
+        base = {"seed", "device"} | (set() if NOTEBOOK_SCOPE.get(path.stem) == "once" else {"series"})
+        assert base <= set(params), f"{path.name}: base parameters missing"
 
 
 def test_unknown_parameter_is_an_error_listing_valid_names(book_copy):
@@ -279,7 +281,8 @@ def test_job_inputs_hold_the_data_identity_and_the_cached_hub_commits(stub_book,
     cfg = load_run_config(config, root=root)
     declared = notebook_parameters("01_brain_alignment", root)
     (job,) = _jobs(cfg, "subject", "01_brain_alignment", declared)
-    assert job["tables"] == [results_dir("stub", "generic", "sub01", create=False) / "brain.parquet"]
+    assert job["tables"] == [results_dir("stub", "generic", "sub01", create=False) / name
+                             for name in ("brain.parquet", "brain_replicates.parquet")]
     inputs = job["inputs"]()
     assert inputs["commits"] == {"step0": None, "step10": None}  # not cached
     assert [e[0] for e in inputs["data"]["files"]][0] == "dataset.json"
@@ -293,7 +296,7 @@ def test_job_inputs_hold_the_data_identity_and_the_cached_hub_commits(stub_book,
     # a per-subject notebook that does not open the dataset (no dataset_options) is not keyed by its data
     (tasks_job,) = _jobs(cfg, "subject", "03_downstream_tasks", {"series", "dataset", "subject"})
     assert "data" not in tasks_job["inputs"]() and [t.name for t in tasks_job["tables"]] == [
-        "tasks.parquet", "tasks_samples.parquet"]
+        "tasks.parquet", "tasks_samples.parquet", "tasks_items.parquet"]
     (organism_job,) = _jobs(cfg, "series", "00_organism", {"series"})
     assert organism_job["tables"] == [] and "data" not in organism_job["inputs"]()
     (synthesis,) = _jobs(cfg, "synthesis", "04_phases")

@@ -36,16 +36,20 @@ _LAZY = {
     "OrganismConfig": "models.organism", "train_organism": "models.organism", "training_log": "models.organism",
     "checkpoint_identity": "models.integrity", "integrity_flags": "models.integrity",
     "checkpoint_flags": "models.integrity", "integrity_summary": "models.integrity", "iter_loaded": "models.integrity",
-    "word_hidden_states": "models.features",
+    "word_hidden_states": "models.features", "document_start_ids": "models.features",
     # datasets
     "get_dataset": "datasets", "list_datasets": "datasets", "Dataset": "datasets",
     # perspective 1: brain alignment
     "lanczos_downsample": "brain.timeseries", "make_delayed": "brain.timeseries", "story_design": "brain.timeseries",
     "fit_encoding_model": "brain.encoding", "score_voxels": "brain.encoding", "brain_scores": "brain.encoding",
     "noise_ceiling": "brain.statistics", "block_permutation_test": "brain.statistics", "fdr_bh": "brain.statistics",
-    "bootstrap_score_ci": "brain.statistics", "brain_alignment": "brain.sweep",
+    "bootstrap_score_ci": "brain.statistics", "circular_shift_test": "brain.statistics",
+    "split_half_ceiling": "brain.statistics", "choose_block_length": "brain.statistics",
+    "permutation_false_positive_rate": "brain.statistics", "brain_alignment": "brain.sweep",
+    "baseline_design": "brain.baseline", "unique_variance": "brain.baseline",
     # perspective 2: internal states
-    "internal_states": "internal.sweep",
+    "internal_states": "internal.sweep", "linear_cka": "internal.measures", "probe_selectivity": "internal.measures",
+    "cka_null_table": "internal.measures", "internal_change_points": "internal.change_points",
     # perspective 3: downstream tasks
     "downstream_tasks": "tasks.sweep",
     # phases

@@ -103,7 +103,7 @@ def _cmd_train(args) -> int:
     # deferred: see _cmd_init
     from triphase.models.organism import run_info, train_organism
 
-    path = train_organism(args.config, progress=not args.quiet, stop_at_step=args.stop_at_step)
+    path = train_organism(args.config, progress=not args.quiet, stop_at_step=args.stop_at_step, device=args.device)
     print(path)
     if args.stop_at_step is None:
         info = run_info(args.config)
@@ -116,7 +116,7 @@ def _cmd_train(args) -> int:
 def _cmd_notebook(args) -> int:
     # deferred: see _cmd_init
     from triphase.runs.config import load_run_config
-    from triphase.runs.runner import DEFAULT_SCOPE, NOTEBOOK_SCOPE, SYNTHESIS_FOLDER, execute_notebook
+    from triphase.runs.runner import DEFAULT_SCOPE, NOTEBOOK_SCOPE, ONCE_FOLDER, SYNTHESIS_FOLDER, execute_notebook
     from triphase.runs.template import book_root  # deferred (fast --help)
 
     cfg = load_run_config(args.config)
@@ -125,8 +125,9 @@ def _cmd_notebook(args) -> int:
     series = args.series or cfg.series_names()[0]
     subject = args.subject or cfg.subjects[0]
     scope = NOTEBOOK_SCOPE.get(args.name, DEFAULT_SCOPE)
-    folder = {"series": series, "synthesis": SYNTHESIS_FOLDER}.get(scope, f"{series}/{cfg.dataset}-{subject}")
-    if scope != "synthesis":
+    folder = {"series": series, "synthesis": SYNTHESIS_FOLDER, "once": ONCE_FOLDER}.get(
+        scope, f"{series}/{cfg.dataset}-{subject}")
+    if scope in ("series", DEFAULT_SCOPE):
         params.setdefault("series", series)
     if scope == DEFAULT_SCOPE:
         params.setdefault("subject", subject)
@@ -207,7 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run)
 
     p = add("train", help="train (or resume) the model organism")
-    p.add_argument("--config", default="default", help="organism preset (default, tiny)")
+    p.add_argument("--config", default="default", help="organism preset (default, tiny, gpu, ...)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train (auto: cuda when available)")
     p.add_argument("--stop-at-step", type=int, default=None, help="stop after this checkpoint step (resumable)")
     p.set_defaults(func=_cmd_train)
 

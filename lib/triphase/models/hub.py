@@ -60,6 +60,8 @@ _SHARD_NAME = re.compile(r"-\d+-of-\d+\.(safetensors|bin)$")
 FETCH_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "tokenizer*")
 #: Fallback when a revision has no safetensors (older branches hold PyTorch pickles only).
 FETCH_PATTERNS_BIN = ("*.bin",)
+#: Marker a snapshot gets when its weights were deleted on purpose (``delete_weights``), its results cached.
+WEIGHTS_DELETED = ".triphase-weights-deleted.json"
 #: Default regex that reads a step number from a revision name.
 DEFAULT_STEP_REGEX = r"step[_-]?(?P<step>\d+)|(?P<trailing>\d+)$"
 
@@ -198,6 +200,63 @@ def cached_snapshot(repo_id: str, revision: str, cache_dir=None) -> Path | None:
     return folder
 
 
+def _weight_files(folder: Path) -> list[Path]:
+    """The weight files of a snapshot folder: single files, indexes and the shards they name."""
+    files = {path for pattern in WEIGHT_PATTERNS for path in folder.glob(pattern)}
+    for index in [path for pattern in INDEX_PATTERNS for path in folder.glob(pattern)]:
+        try:
+            files.update(folder / name for name in json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return sorted(path for path in files if path.exists() or path.is_symlink())
+
+
+def delete_checkpoint_weights(repo_id: str, revision: str, cache_dir=None) -> int:
+    """Delete a cached revision's weight files from the hub cache; return the bytes freed.
+
+    The snapshot keeps its configuration and tokenizer (a results cache key
+    reads the configuration) and its ``refs/`` entry (the commit stays known),
+    and gets a marker :data:`WEIGHTS_DELETED` listing what went. A weight
+    blob another snapshot still links to is kept. Loading the weights offline
+    afterwards raises :class:`CheckpointMissingError` naming the fetch command
+    (:func:`ensure_weights`); online they are downloaded again.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> delete_checkpoint_weights("org/absent", "step1", cache_dir=tempfile.mkdtemp())
+    0
+    """
+    commit = cached_commit(repo_id, revision, cache_dir)
+    if commit is None:
+        return 0
+    folder = repo_folder(repo_id, cache_dir) / "snapshots" / commit
+    files = _weight_files(folder)
+    snapshots = repo_folder(repo_id, cache_dir) / "snapshots"
+    others = {path.resolve() for path in snapshots.glob("*/*") if path.is_symlink() and path.parent != folder}
+    freed = 0
+    for path in files:
+        target = path.resolve() if path.is_symlink() else None
+        if target is not None and target.exists() and target not in others:
+            freed += target.stat().st_size
+            target.unlink()
+        elif target is None and path.exists():
+            freed += path.stat().st_size
+        path.unlink(missing_ok=True)
+    if files:
+        write_json({"deleted": [path.name for path in files], "bytes": freed}, folder / WEIGHTS_DELETED)
+    return freed
+
+
+def weights_deleted(repo_id: str, revision: str, cache_dir=None) -> bool:
+    """True when :func:`delete_checkpoint_weights` removed this revision's weights and they are still gone."""
+    commit = cached_commit(repo_id, revision, cache_dir)
+    if commit is None:
+        return False
+    folder = repo_folder(repo_id, cache_dir) / "snapshots" / commit
+    return (folder / WEIGHTS_DELETED).exists() and missing_weight_files(folder) != []
+
+
 class CheckpointMissingError(FileNotFoundError):
     """A hub checkpoint is not in the local cache and the hub cannot be reached (offline)."""
 
@@ -229,14 +288,29 @@ def ensure_available(checkpoint) -> None:
     """Raise :class:`CheckpointMissingError` when offline and a hub checkpoint is not cached (or incomplete).
 
     Local folders and online sessions pass (online, ``from_pretrained`` downloads).
+    A checkpoint whose weights were deleted on purpose after its results were
+    cached (:func:`delete_checkpoint_weights`) passes too: its configuration is
+    there, and loading its weights is refused by :func:`ensure_weights`.
     """
     if not is_hub_checkpoint(checkpoint) or not is_offline():
+        return
+    if weights_deleted(checkpoint.source, checkpoint.revision):
         return
     if cached_snapshot(checkpoint.source, checkpoint.revision) is None:
         commit = cached_commit(checkpoint.source, checkpoint.revision)
         folder = repo_folder(checkpoint.source) / "snapshots" / commit if commit else None
         missing = missing_weight_files(folder) if folder is not None and folder.is_dir() else None
         raise CheckpointMissingError(checkpoint.source, checkpoint.revision, checkpoint.series, missing_files=missing)
+
+
+def ensure_weights(checkpoint) -> None:
+    """:func:`ensure_available`, and, offline, refuse a checkpoint whose weights were deleted (``delete_weights``)."""
+    ensure_available(checkpoint)
+    if is_hub_checkpoint(checkpoint) and is_offline() and weights_deleted(checkpoint.source, checkpoint.revision):
+        commit = cached_commit(checkpoint.source, checkpoint.revision)
+        folder = repo_folder(checkpoint.source) / "snapshots" / commit
+        raise CheckpointMissingError(checkpoint.source, checkpoint.revision, checkpoint.series,
+                                     missing_files=missing_weight_files(folder) or ["weights (deleted by delete_weights)"])
 
 
 def resolve_commit(repo_id: str, revision: str, cache_dir=None, online: bool | None = None) -> str | None:

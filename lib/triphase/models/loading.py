@@ -9,7 +9,7 @@ import gc
 
 
 from triphase.models.checkpoints import Checkpoint
-from triphase.models.hub import ensure_available, hub_load_kwargs
+from triphase.models.hub import ensure_weights, hub_load_kwargs
 
 #: Pythia's dense early schedule: step0 then powers of two up to 512.
 
@@ -61,7 +61,7 @@ def load_checkpoint(checkpoint: Checkpoint, device: str = "auto", dtype=None, **
     # one "Loading weights" bar per checkpoint would bury the notebooks' own progress bars
     transformers_logging.disable_progress_bar()
 
-    ensure_available(checkpoint)
+    ensure_weights(checkpoint)  # offline: not cached, incomplete, or its weights deleted once results were cached
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
     extra = hub_load_kwargs(checkpoint)

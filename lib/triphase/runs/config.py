@@ -26,6 +26,16 @@ device : str
 seed : int
 output : str
     Where executed notebooks go, relative to the book root (default ``book/executed``).
+scheduler : str or dict
+    Where the per-checkpoint work runs (:mod:`triphase.runs.engine`): ``local``
+    (default), ``{local: {n_workers, threads_per_worker, gpus, memory_limit,
+    dashboard_address}}``, ``{address: "tcp://host:8786"}`` (a running Dask
+    scheduler) or ``{slurm: {cores, memory, gpus, walltime, queue, ...}}``
+    (:data:`SLURM_FIELDS`). The default, one local worker, runs everything in
+    the notebooks as before, with no Dask at all.
+delete_weights : bool
+    After a hub checkpoint's unit of work, delete its weight files from the
+    Hugging Face cache (default false; never the organism).
 
 Notebook parameters are checked when the configuration is loaded, before
 anything is trained: every name must be one the notebook declares, and every
@@ -64,7 +74,33 @@ SCHEMA = {
     "device": ((str,), "'auto', 'cpu' or 'cuda'"),
     "seed": ((int,), "an integer"),
     "output": ((str,), "a folder relative to the book root"),
+    "scheduler": ((str, dict), "'local' or a mapping with one of local, address, slurm"),
+    "delete_weights": ((bool,), "true or false"),
 }
+#: fields whose value is a YAML boolean (every other field rejects true/false)
+BOOLEAN_FIELDS = ("delete_weights",)
+SCHEDULER_KINDS = ("local", "address", "slurm")
+#: scheduler.local fields -> (type, what it must be); n_workers defaults to gpus, else 1
+LOCAL_FIELDS = {
+    "n_workers": (int, "a positive integer"), "threads_per_worker": (int, "a positive integer"),
+    "gpus": (int, "an integer >= 0"), "memory_limit": (str, "a size such as '8GB'"),
+    "dashboard_address": (str, "an address such as ':8787'"),
+}
+#: scheduler.slurm fields -> (type, what it must be); passed to dask_jobqueue.SLURMCluster except gpus/adapt/jobs
+SLURM_FIELDS = {
+    "cores": (int, "a positive integer"), "memory": (str, "a size such as '64GB'"),
+    "gpus": (int, "an integer >= 0"), "walltime": (str, "a time such as '04:00:00'"),
+    "queue": (str, "a partition name"), "account": (str, "an account name"),
+    "processes": (int, "a positive integer"), "jobs": (int, "a positive integer"),
+    "adapt": (dict, "a mapping {minimum, maximum}"), "job_extra_directives": (list, "a list of strings"),
+    "job_script_prologue": (list, "a list of strings"), "worker_extra_args": (list, "a list of strings"),
+    "local_directory": (str, "a folder"), "log_directory": (str, "a folder"), "interface": (str, "an interface name"),
+    "python": (str, "a python executable"), "job_name": (str, "a name"),
+    "scheduler_options": (dict, "a mapping such as {interface: ib0} or {host: 10.0.0.5}"),
+}
+SLURM_REQUIRED = ("cores", "memory")
+ADAPT_FIELDS = ("minimum", "maximum")
+DEFAULT_SCHEDULER = {"kind": "local", "n_workers": 1, "threads_per_worker": None, "gpus": 0}
 DEFAULT_OUTPUT = "book/executed"
 NoneType = type(None)
 #: notebook parameters the runner fills from the run fields, and the types those fields allow
@@ -97,6 +133,8 @@ class RunConfig:
     device: str = "auto"
     seed: int = 0
     output: str = DEFAULT_OUTPUT
+    scheduler: object = "local"
+    delete_weights: bool = False
     source: str = "<dict>"
 
     def series_names(self) -> list[str]:
@@ -127,7 +165,7 @@ def load_run_config(path_or_preset: str | Path | dict = "default", root: Path | 
     >>> load_run_config({"serie": ["organism"]})
     Traceback (most recent call last):
     ...
-    triphase.runs.config.ConfigError: <dict>: unknown field 'serie'; allowed fields: series, checkpoints, dataset, subjects, dataset_options, notebooks, parameters, device, seed, output
+    triphase.runs.config.ConfigError: <dict>: unknown field 'serie'; allowed fields: series, checkpoints, dataset, subjects, dataset_options, notebooks, parameters, device, seed, output, scheduler, delete_weights
     """
     if isinstance(path_or_preset, dict):
         values, source = dict(path_or_preset), "<dict>"
@@ -175,7 +213,7 @@ def _validate(values: dict, source: str, root: Path | None = None) -> RunConfig:
         if key not in SCHEMA:
             raise ConfigError(f"{source}: unknown field {key!r}; allowed fields: {', '.join(SCHEMA)}")
         types, description = SCHEMA[key]
-        if isinstance(value, bool) or not isinstance(value, types):
+        if (isinstance(value, bool) and key not in BOOLEAN_FIELDS) or not isinstance(value, types):
             raise ConfigError(f"{source}: field {key!r} must be {description}, got {value!r}")
     values = dict(values)
     for key in ("series", "subjects"):
@@ -186,7 +224,84 @@ def _validate(values: dict, source: str, root: Path | None = None) -> RunConfig:
     _check_checkpoints(cfg)
     _check_dataset(cfg)
     _check_notebooks(cfg, root)
+    cfg.scheduler = check_scheduler(cfg.scheduler, cfg.source)
     return cfg
+
+
+def check_scheduler(value, source: str = "<dict>") -> dict:
+    """The ``scheduler`` field validated and normalised to ``{"kind": ..., field: value}``.
+
+    Examples
+    --------
+    >>> check_scheduler("local")
+    {'kind': 'local', 'n_workers': 1, 'threads_per_worker': None, 'gpus': 0}
+    >>> check_scheduler({"local": {"gpus": 2}})["n_workers"]
+    2
+    >>> check_scheduler({"slurm": {"cores": 8}})
+    Traceback (most recent call last):
+    ...
+    triphase.runs.config.ConfigError: <dict>: field 'scheduler.slurm' lacks memory (required: cores, memory)
+    """
+    if isinstance(value, dict) and value.get("kind") in SCHEDULER_KINDS:
+        return dict(value)  # already normalised (a RunConfig validated twice)
+    if value == "local" or value is None:
+        return dict(DEFAULT_SCHEDULER)
+    if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in SCHEDULER_KINDS:
+        raise ConfigError(f"{source}: field 'scheduler' must be 'local' or a mapping with exactly one of "
+                          f"{', '.join(SCHEDULER_KINDS)}, got {value!r}")
+    kind, options = next(iter(value.items()))
+    where = f"{source}: field 'scheduler.{kind}'"
+
+    def field_of(name: str) -> str:  # the full dotted name of a sub-field, quoted as one
+        return f"{source}: field 'scheduler.{kind}.{name}'"
+
+    if kind == "address":
+        if not isinstance(options, str) or "://" not in options:
+            raise ConfigError(f"{where} must be a scheduler address such as 'tcp://10.0.0.5:8786', got {options!r}")
+        return {"kind": "address", "address": options}
+    options = {} if options is None else options
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where} must be a mapping of fields, got {options!r}")
+    fields = LOCAL_FIELDS if kind == "local" else SLURM_FIELDS
+    for key, option in options.items():
+        if key not in fields:
+            raise ConfigError(f"{where}: unknown field {key!r}; allowed: {', '.join(fields)}")
+        kind_type, description = fields[key]
+        bad = isinstance(option, bool) or not isinstance(option, kind_type)
+        if kind_type is int and not bad:
+            bad = option < (0 if key == "gpus" else 1)
+        if kind_type is list and not bad:
+            bad = not all(isinstance(item, str) for item in option)
+        if bad:
+            raise ConfigError(f"{field_of(key)} must be {description}, got {option!r}")
+    if kind == "local":
+        normal = {**DEFAULT_SCHEDULER, **options}
+        normal["n_workers"] = options.get("n_workers", normal["gpus"] or 1)
+        if normal["gpus"] and normal["n_workers"] != normal["gpus"]:
+            raise ConfigError(f"{field_of('n_workers')} must equal gpus ({normal['gpus']}): one worker per GPU, "
+                              f"got {normal['n_workers']}")
+        return normal
+    missing = [key for key in SLURM_REQUIRED if key not in options]
+    if missing:
+        raise ConfigError(f"{where} lacks {', '.join(missing)} (required: {', '.join(SLURM_REQUIRED)})")
+    normal = {"kind": "slurm", "gpus": 0, **options}
+    normal.setdefault("processes", normal["gpus"] or 1)
+    if normal["gpus"] and normal["processes"] != normal["gpus"]:
+        raise ConfigError(f"{field_of('processes')} must equal gpus ({normal['gpus']}): one worker per GPU, "
+                          f"got {normal['processes']}")
+    if "adapt" in options and "jobs" in options:
+        raise ConfigError(f"{where}: give either jobs (a fixed number) or adapt (minimum, maximum), not both")
+    adapt = options.get("adapt")
+    if adapt is not None:
+        unknown = [key for key in adapt if key not in ADAPT_FIELDS]
+        if unknown:
+            raise ConfigError(f"{field_of('adapt')}: unknown field {unknown[0]!r}; allowed: {', '.join(ADAPT_FIELDS)}")
+        for key in ADAPT_FIELDS:
+            if key in adapt and (isinstance(adapt[key], bool) or not isinstance(adapt[key], int) or adapt[key] < 0):
+                raise ConfigError(f"{field_of('adapt.' + key)} must be an integer >= 0, got {adapt[key]!r}")
+        if adapt.get("minimum", 0) > adapt.get("maximum", adapt.get("minimum", 0)):
+            raise ConfigError(f"{field_of('adapt')}: minimum {adapt['minimum']} exceeds maximum {adapt['maximum']}")
+    return normal
 
 
 def _check_series(cfg: RunConfig) -> None:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from triphase.datasets import get_dataset
 from triphase.models.checkpoints import Checkpoint, select_checkpoints
-from triphase.models.hub import cached_snapshot, fetch_command, is_offline, refs_cache_path
+from triphase.models.hub import cached_snapshot, fetch_command, is_offline, refs_cache_path, weights_deleted
 from triphase.models.organism import RUN_FILE, OrganismConfig, run_dir
 from triphase.models.series import get_series, load_presets
 
@@ -144,7 +144,13 @@ def _check_series(spec, checkpoints, result: PreflightResult) -> None:
         result.problems.append(f"series {name}: {' '.join(str(exc).split())}")
         return
     hub = [c for c in chosen if c.revision]
-    missing = [c.revision for c in hub if cached_snapshot(c.source, c.revision) is None]
+    # weights deleted on purpose (delete_weights) once the results were cached: present for a re-run
+    deleted = [c.revision for c in hub if weights_deleted(c.source, c.revision)]
+    missing = [c.revision for c in hub if cached_snapshot(c.source, c.revision) is None and c.revision not in deleted]
+    if deleted:
+        result.notes.append(f"series {name}: the weights of {len(deleted)} checkpoint(s) were deleted after their "
+                            f"results were cached ({_names(deleted)}); settings that need new results need them "
+                            f"fetched again: `{fetch_command(name, deleted if len(deleted) <= SHOWN else None)}`")
     if missing and is_offline():
         result.problems.append(
             f"series {name}: {len(missing)} of {len(chosen)} chosen checkpoints are not in the local Hugging Face "

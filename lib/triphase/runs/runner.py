@@ -22,6 +22,11 @@ itself never executes notebooks (``execute_notebooks: off``).
   (:meth:`~triphase.datasets.Dataset.identity`) and, for the synthesis, the
   upstream tables. The tables it wrote (:data:`NOTEBOOK_TABLES`) are recorded
   in the executed copy; one of them missing (a results folder deleted) re-runs it.
+* With a ``scheduler`` other than the default (one local worker), the
+  per-checkpoint work of the notebooks that will run is done first on Dask,
+  one unit per checkpoint (:mod:`triphase.runs.engine`); the notebooks then
+  find every checkpoint cached and only reduce. The default runs it all in
+  the notebooks, with no Dask.
 * Before anything is trained or executed, :func:`triphase.runs.preflight.preflight`
   checks that the dataset, its subjects and the chosen checkpoints are there.
 * The executed copy shows one parameters cell holding the values that ran
@@ -59,6 +64,7 @@ from traitlets import default
 
 from triphase._home import data_home, results_dir
 from triphase._io import atomic_path, stable_hash
+from triphase.brain.sweep import REPLICATES_TABLE as BRAIN_REPLICATES_FILE
 from triphase.datasets import get_dataset
 from triphase.models.checkpoints import select_checkpoints
 from triphase.models.hub import cached_commit
@@ -66,20 +72,22 @@ from triphase.models.organism import train_organism
 from triphase.models.series import get_series, load_presets
 from triphase.phases.synthesis import PHASES_FILE, TABLE_FILES
 from triphase.runs.config import load_run_config
+from triphase.runs.engine import plan_units, run_units, uses_cluster
 from triphase.runs.preflight import PreflightFailed, organism_trained, preflight
 from triphase.runs.template import book_root, notebook_parameters, source_notebooks
+from triphase.tasks.sweep import ITEMS_FILE as TASKS_ITEMS_FILE
 from triphase.tasks.sweep import SAMPLES_FILE as TASKS_SAMPLES_FILE
 
 KERNEL_NAME = "triphase"
 #: which loop a notebook runs in: once per series, per (series, subject), or once overall
-NOTEBOOK_SCOPE = {"00_organism": "series", "04_phases": "synthesis"}
+NOTEBOOK_SCOPE = {"00_organism": "series", "04_phases": "synthesis", "05_validation": "once"}
 DEFAULT_SCOPE = "subject"
 #: the results tables each notebook writes into a model's results folder (the synthesis: into every model's);
 #: 00_organism writes none. A table it wrote gone missing re-runs it.
 NOTEBOOK_TABLES = {
-    "01_brain_alignment": (TABLE_FILES["brain"],),
+    "01_brain_alignment": (TABLE_FILES["brain"], BRAIN_REPLICATES_FILE),
     "02_internal_states": (TABLE_FILES["internal"],),
-    "03_downstream_tasks": (TABLE_FILES["tasks"], TASKS_SAMPLES_FILE),
+    "03_downstream_tasks": (TABLE_FILES["tasks"], TASKS_SAMPLES_FILE, TASKS_ITEMS_FILE),
     "04_phases": (PHASES_FILE,),
 }
 #: a per-subject notebook taking this parameter opens the dataset: its data's identity is one of its inputs
@@ -87,6 +95,8 @@ DATA_PARAMETER = "dataset_options"
 #: how many missing tables a log line names before "..."
 SHOWN_TABLES = 3
 SYNTHESIS_FOLDER = "synthesis"
+#: where a notebook that reads no model or data (the validation by simulation) is executed, once per run
+ONCE_FOLDER = "validation"
 METADATA_KEY = "triphase"
 INJECTED_TAG = "injected-parameters"
 PARAMETERS_TAG = "parameters"
@@ -508,8 +518,8 @@ def _synthesis_inputs(cfg) -> dict:
     return tables
 
 
-def prepare_series(series_spec, progress: bool = True) -> None:
-    """Make a series usable: train an organism series that is not trained yet."""
+def prepare_series(series_spec, progress: bool = True, device: str = "auto") -> None:
+    """Make a series usable: train an organism series that is not trained yet (on ``device``)."""
 
     if isinstance(series_spec, str):
         spec = load_presets().get(series_spec, {})
@@ -517,7 +527,7 @@ def prepare_series(series_spec, progress: bool = True) -> None:
             if not organism_trained(spec.get("config", "default")):
                 logger.info("training the organism for series %s (config %s) ...", series_spec,
                             spec.get("config", "default"))
-            train_organism(spec.get("config", "default"), progress=progress)
+            train_organism(spec.get("config", "default"), progress=progress, device=device)
 
 
 def run(config="default", force=(), build: bool = True, root: Path | None = None,
@@ -557,16 +567,21 @@ def run(config="default", force=(), build: bool = True, root: Path | None = None
             raise PreflightFailed(result.problems)
     t0 = time.perf_counter()
     for series in cfg.series:
-        prepare_series(series, progress=progress)
+        prepare_series(series, progress=progress, device=cfg.device)
     report.seconds["train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     out_root = root / cfg.output
     declared = {name: notebook_parameters(name, root) for name in cfg.notebooks}
-    plan = [(name, job) for name in cfg.notebooks
+    plan = [(name, job, _notebook_params(cfg, name, job, declared[name])) for name in cfg.notebooks
             for job in _jobs(cfg, NOTEBOOK_SCOPE.get(name, DEFAULT_SCOPE), name, declared[name])]
-    for index, (name, job) in enumerate(plan, start=1):
-        base = {k: v for k, v in job["parameters"].items() if k in declared[name]}
-        params = {**base, **cfg.notebook_parameters(name)}
+    if uses_cluster(cfg.scheduler):
+        todo = [(name, params) for name, job, params in plan
+                if _rerun_reason_of(name, params, out_root / job["folder"] / f"{name}.ipynb", job,
+                                    bool({name, "all"} & force), root) is not None]
+        run_units(plan_units(todo, root), cfg.scheduler, delete_weights=cfg.delete_weights)
+        report.seconds["checkpoints"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+    for index, (name, job, params) in enumerate(plan, start=1):
         ran = execute_notebook(
             name, params, out_root / job["folder"] / f"{name}.ipynb",
             force=bool({name, "all"} & force), root=root, extra_inputs=job["inputs"],
@@ -580,6 +595,40 @@ def run(config="default", force=(), build: bool = True, root: Path | None = None
         build_book(root)
         report.seconds["build"] = time.perf_counter() - t0
     return report
+
+
+def _notebook_params(cfg, name: str, job: dict, declared: dict) -> dict:
+    """The parameters the runner passes to one execution of a notebook (the job's base ones it declares,
+    then the run's ``parameters``)."""
+    base = {k: v for k, v in job["parameters"].items() if k in declared}
+    return {**base, **cfg.notebook_parameters(name)}
+
+
+def _rerun_reason_of(name: str, params: dict, output: Path, job: dict, force: bool, root: Path) -> str | None:
+    """Why :func:`execute_notebook` would run this job (see :func:`_rerun_reason`); None when it would reuse it."""
+    home = data_home()
+    key = _input_key(root / "notebooks" / f"{name}.ipynb", params, home, job["inputs"])
+    return _rerun_reason(output, key, [Path(t) for t in job["tables"]], home, force)
+
+
+def notebook_jobs(config, root: Path | None = None) -> list[tuple[str, dict]]:
+    """``(notebook, parameters)`` of every notebook execution a run configuration makes, in order.
+
+    Examples
+    --------
+    >>> jobs = notebook_jobs({"series": ["organism-tiny"], "notebooks": ["01_brain_alignment"],
+    ...                       "parameters": {"01_brain_alignment": {"n_perm": 20}}})
+    >>> [(name, params["series"], params["n_perm"]) for name, params in jobs]
+    [('01_brain_alignment', 'organism-tiny', 20)]
+    """
+    root = root or book_root()
+    cfg = load_run_config(config, root=root)
+    jobs = []
+    for name in cfg.notebooks:
+        declared = notebook_parameters(name, root)
+        for job in _jobs(cfg, NOTEBOOK_SCOPE.get(name, DEFAULT_SCOPE), name, declared):
+            jobs.append((name, _notebook_params(cfg, name, job, declared)))
+    return jobs
 
 
 def check_force(names, root: Path | None = None) -> None:
@@ -610,6 +659,8 @@ def _jobs(cfg, scope: str, notebook: str | None = None, declared=None) -> list[d
         return [{"folder": SYNTHESIS_FOLDER, "label": "all models",
                  "parameters": {**common, "series": cfg.series_names(), "subjects": list(cfg.subjects)},
                  "inputs": partial(_synthesis_inputs, cfg), "tables": tables}]
+    if scope == "once":
+        return [{"folder": ONCE_FOLDER, "label": "simulation", "parameters": common, "inputs": dict, "tables": []}]
     reads_data = declared is None or DATA_PARAMETER in declared
     jobs = []
     for series_spec, name in zip(cfg.series, cfg.series_names()):
