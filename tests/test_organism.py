@@ -5,8 +5,12 @@ import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
-from triphase.models.organism import OrganismConfig, complete_steps, run_dir, run_info, train_organism, training_log
+from triphase.models import storyworld
+from triphase.models.organism import (H100_BF16_PEAK_FLOPS, OrganismConfig, _batch, complete_steps,
+                                      expected_training_seconds, prepare_corpus, run_dir, run_info,
+                                      train_organism, training_flops, training_log)
 
 
 def test_tiny_run_has_pythia_schedule_and_log(tiny_organism):
@@ -86,3 +90,118 @@ def test_untrained_series_says_how_to_train(fresh_home):
 
     with pytest.raises(FileNotFoundError, match="triphase train --config tiny"):
         get_series("organism-tiny")
+
+
+# --------------------------------------------------------------------------- optional fields, GPU path
+def test_optional_fields_default_to_older_configs_and_keep_their_hash():
+    full = OrganismConfig.preset("tiny").to_dict()
+    older = {k: v for k, v in full.items() if k not in ("repeat_fraction", "task_burst", "corpus_tokens", "dtype")}
+    assert OrganismConfig.from_dict(older) == OrganismConfig.from_dict(full)
+    assert OrganismConfig.from_dict(older).hash == OrganismConfig.preset("tiny").hash
+    assert OrganismConfig.from_dict({**full, "dtype": "bfloat16"}).hash != OrganismConfig.preset("tiny").hash
+    for field, bad, message in [("dtype", "float16", "dtype must be one of"),
+                                ("task_burst", 0, "task_burst must be a positive integer"),
+                                ("corpus_tokens", -1, "corpus_tokens must be a non-negative integer"),
+                                ("repeat_fraction", 0.97, "repeat_fraction must be in"),
+                                ("repeat_fraction", -0.1, "repeat_fraction must be in")]:
+        with pytest.raises(ValueError, match=message):
+            OrganismConfig.from_dict({**full, field: bad})
+
+
+def test_training_flops_closed_form_and_gpu_preset_size():
+    # closed form by hand for a 2-layer model: N = L (4 d^2 + 2 d f) + d V, C = 6 N D + 12 L T d D
+    cfg = {**OrganismConfig.preset("tiny").to_dict(), "hidden_size": 8, "num_hidden_layers": 2,
+           "num_attention_heads": 2, "intermediate_size": 32, "vocab_size": 300, "context_length": 16,
+           "batch_size": 4, "max_steps": 10}
+    n = 2 * (4 * 64 + 2 * 8 * 32) + 8 * 300
+    d = 10 * 4 * 16
+    f = training_flops(cfg)
+    assert (f["matmul_parameters"], f["tokens"], f["flops"]) == (n, d, 6 * n * d + 12 * 2 * 16 * 8 * d)
+    assert expected_training_seconds(cfg, peak_flops=1e9, utilisation=0.5) == pytest.approx(f["flops"] / 5e8)
+    with pytest.raises(ValueError, match="utilisation"):
+        expected_training_seconds(cfg, utilisation=0)
+    gpu = OrganismConfig.preset("gpu")
+    g = training_flops(gpu)
+    assert 1e7 <= g["parameters"] < 1e8 and 1e8 <= g["tokens"] < 1e9          # tens of M params, hundreds of M tokens
+    assert 15 <= g["tokens"] / g["parameters"] <= 25                         # ~compute-optimal (Hoffmann et al. 2022)
+    assert gpu.dtype == "bfloat16" and gpu.tokens_per_step > 10 * OrganismConfig.preset("default").tokens_per_step
+    assert gpu.training_tokens / gpu.unique_tokens == 4                     # four epochs over the corpus
+    minutes = expected_training_seconds(gpu) / 60
+    assert 1 < minutes < 60 and expected_training_seconds(gpu, H100_BF16_PEAK_FLOPS, 1.0) < minutes * 60
+
+
+def test_learner_preset_is_a_smaller_model_on_more_tokens_within_the_default_compute():
+    default, learner = training_flops("default"), training_flops("learner")
+    assert learner["flops"] <= default["flops"]
+    assert learner["parameters"] < default["parameters"] and learner["tokens"] > default["tokens"]
+    # near the compute-optimal ~20 tokens per parameter, where the default has ~3
+    assert default["tokens"] / default["parameters"] < 5 < 15 <= learner["tokens"] / learner["parameters"] <= 35
+    cfg = OrganismConfig.preset("learner")
+    assert cfg.repeat_fraction > 0 and cfg.task_burst > 1 and cfg.num_hidden_layers >= 2
+    assert cfg.repeat_fraction + cfg.task_fraction < 1
+    assert OrganismConfig.preset("default").repeat_fraction == 0 and OrganismConfig.preset("default").task_burst == 1
+
+
+def test_learner_corpus_at_tiny_size_is_deterministic_and_mostly_repeat_documents(fresh_home):
+    """The learner's corpus options through prepare_corpus, with tiny dims: same tokens twice, spans recur."""
+    learner = OrganismConfig.preset("learner").to_dict()
+    tiny = OrganismConfig.preset("tiny").to_dict()
+    dims = ("tokenizer_documents", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "context_length", "batch_size", "heldout_sequences")
+    cfg = OrganismConfig.from_dict({**learner, **{k: tiny[k] for k in dims}, "max_steps": 4, "checkpoint_every": 4})
+    first = np.load(prepare_corpus(cfg, progress=False) / "train_tokens.npy")
+    again = np.load(prepare_corpus(OrganismConfig.from_dict(cfg.to_dict()), progress=False) / "train_tokens.npy")
+    assert np.array_equal(first, again)
+    text = AutoTokenizer.from_pretrained(run_dir(cfg) / "data" / "tokenizer").decode(first.tolist())
+    frames = sum(text.count(frame + ": ") for frame in storyworld.REPEAT_FRAMES)
+    assert frames > 5 * text.count("Instruction:") and frames > 10
+    # the held-out loss stays measured on plain stories of the held-out stream: no spans, no tasks
+    heldout = np.load(run_dir(cfg) / "data" / "heldout_tokens.npy")
+    heldout_text = AutoTokenizer.from_pretrained(run_dir(cfg) / "data" / "tokenizer").decode(heldout.tolist())
+    assert not any(frame + ": " in heldout_text for frame in storyworld.REPEAT_FRAMES)
+    assert "Instruction:" not in heldout_text
+    assert len(heldout) == cfg.heldout_sequences * cfg.context_length
+
+
+def test_epochs_reshuffle_and_one_pass_keeps_the_old_order():
+    cfg = OrganismConfig.from_dict({**OrganismConfig.preset("tiny").to_dict(), "batch_size": 4})
+    n_seq = 6
+    tokens = np.repeat(np.arange(n_seq), cfg.context_length)  # sequence i is all i
+    order = np.random.default_rng([cfg.train_seed, 1]).permutation(n_seq)
+    rows = np.concatenate([_batch(tokens, order, step, cfg)[:, 0].numpy() for step in range(6)])  # 4 epochs
+    epochs = rows.reshape(4, n_seq)
+    assert epochs[0].tolist() == order.tolist()                       # the first epoch: the one-pass order
+    assert all(sorted(e) == list(range(n_seq)) for e in epochs)       # every epoch sees each sequence once
+    assert len({tuple(e) for e in epochs}) > 1                        # later epochs are reshuffled
+
+
+def test_gpu_code_path_at_tiny_size_bf16_autocast_on_cpu(fresh_home):
+    """The gpu config's fields (bf16 autocast, several epochs, bursty text) with tiny dims, on CPU."""
+    gpu = OrganismConfig.preset("gpu").to_dict()
+    tiny = OrganismConfig.preset("tiny").to_dict()
+    dims = ("tokenizer_documents", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+            "intermediate_size", "context_length", "batch_size", "max_steps", "warmup_steps", "learning_rate",
+            "checkpoint_every", "heldout_sequences")
+    cfg = OrganismConfig.from_dict({**gpu, **{k: tiny[k] for k in dims}, "max_steps": 24, "checkpoint_every": 8,
+                                    "corpus_tokens": 6 * tiny["batch_size"] * tiny["context_length"],
+                                    "repeat_fraction": 0.2, "task_burst": 3})
+    assert cfg.dtype == "bfloat16" and cfg.unique_tokens < cfg.training_tokens
+    path = train_organism(cfg, progress=False, device="cpu")
+    info = json.loads((path / "run.json").read_text())
+    assert info["status"] == "complete" and info["device"] == "cpu" and "estimate" in info["compute_estimate"]
+    assert complete_steps(path) == cfg.checkpoint_steps
+    tokens = np.load(path / "data" / "train_tokens.npy")
+    assert cfg.unique_tokens <= len(tokens) < cfg.training_tokens      # several epochs over a smaller corpus
+    log = training_log(cfg).dropna(subset=["heldout_loss"])
+    assert np.isfinite(log["heldout_loss"]).all()
+    assert log["heldout_loss"].iloc[-1] < log["heldout_loss"].iloc[0] - 0.5
+    from triphase.models.loading import load_checkpoint
+    from triphase.models.series import organism_series
+
+    series = organism_series("gpu-tiny", cfg)
+    model, tok = load_checkpoint(series.final, device="cpu")
+    assert model.dtype == torch.float32                                 # mixed precision: float32 weights
+    ids = torch.tensor([tok("Anna is in the kitchen.")["input_ids"]])
+    assert torch.isfinite(model(input_ids=ids).logits).all()
+    with pytest.raises(ValueError, match="device must be one of"):
+        train_organism(cfg, progress=False, device="tpu")

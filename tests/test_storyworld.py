@@ -386,3 +386,125 @@ def test_bad_arguments_are_named():
         sw.stimulus_stories(1, seed=-1)
     with pytest.raises(TypeError, match="numpy.random.Generator"):
         sw.generate_story(0, 3)
+
+
+# --------------------------------------------------------------------------- opt-in corpus options
+#: sha256 prefixes computed with the story world *before* the opt-in options existed: the defaults
+#: must reproduce them bit for bit (the trained default organism and the simulated participant rest on them)
+GOLDEN_DEFAULT_CORPUS = "261974e62126dc62"   # training_documents(0, 400, 0.03)
+GOLDEN_TASK_CORPUS = "70a1c6d296c9441b"      # training_documents(5, 200, 0.3, n_sentences=(3, 9))
+GOLDEN_STIMULI = "c5289f758ea73846"          # stimulus_stories(3, seed=2): text, latent, labels
+GOLDEN_ITEMS = "31997757adcd45f4"            # 20 items of every family and stream, seed 1
+#: the simulated participant's stimuli (words, forms, labels, latent, onsets) for its presets
+GOLDEN_PARTICIPANT = {"tiny": "d8d2f23cfda966c7", "default": "0af56b50f483a970"}
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def test_default_corpus_and_stimuli_are_unchanged_bit_for_bit():
+    assert _sha("\n".join(sw.training_documents(0, 400, 0.03))) == GOLDEN_DEFAULT_CORPUS
+    assert _sha("\n".join(sw.training_documents(0, 400, 0.03, repeat_fraction=0.0, task_burst=1))) \
+        == GOLDEN_DEFAULT_CORPUS
+    assert _sha("\n".join(sw.training_documents(5, 200, 0.3, n_sentences=(3, 9)))) == GOLDEN_TASK_CORPUS
+    digest = hashlib.sha256()
+    for story in sw.stimulus_stories(3, seed=2):
+        digest.update(story.text.encode())
+        digest.update(story.latent.tobytes())
+        digest.update(repr([(w.pos, w.depth, w.open_nodes) for w in story.words]).encode())
+    assert digest.hexdigest()[:16] == GOLDEN_STIMULI
+    items = [sw.task_items(f, 20, seed=1, stream=s) for f in sw.TASK_FAMILIES for s in sw.STREAMS]
+    assert _sha(repr(items)) == GOLDEN_ITEMS
+
+
+@pytest.mark.parametrize("preset", ["tiny", "default"])
+def test_simulated_participant_stimuli_are_unchanged_bit_for_bit(preset):
+    """Everything the participant takes from the story world (if participant.yaml changes, recompute)."""
+    from triphase.datasets.simulated import SimulatedParticipant
+
+    digest = hashlib.sha256()
+    for name, s in SimulatedParticipant(preset).stimuli.items():
+        digest.update(name.encode())
+        digest.update(repr((s.words, s.forms)).encode())
+        digest.update(np.ascontiguousarray(s.latent).tobytes())
+        digest.update(s.depth.tobytes())
+        digest.update(s.open_nodes.tobytes())
+        digest.update(s.timings.onsets.tobytes())
+    assert digest.hexdigest()[:16] == GOLDEN_PARTICIPANT[preset]
+
+
+def _spans(text: str) -> list[str]:
+    frames = tuple(f + ": " for f in sw.REPEAT_FRAMES)
+    return [s for s in re.split(r"(?<=\.) ", text) if s.startswith(frames)]
+
+
+def test_repeat_documents_recur_fresh_spans_at_variable_distances():
+    docs = [d for d in sw.training_documents(2, 300, 0.03, repeat_fraction=0.3) if _spans(d)]
+    assert len(docs) > 30
+    distances = set()
+    for doc in docs:
+        spans = _spans(doc)
+        assert all(spans.count(s) >= 2 for s in spans)               # every span recurs in its document
+        sentences = re.split(r"(?<=\.) ", doc)
+        for span in set(spans):
+            at = [i for i, s in enumerate(sentences) if s == span]
+            distances.update(np.diff(at).tolist())
+        # the story around the spans stays a consistent story
+        story = " ".join(s for s in sentences if s not in spans)
+        Reader().read(story)
+    assert len(distances) > 5                                         # variable, not a fixed period
+    # spans are drawn per document: no span recurs across documents (beyond chance)
+    first_spans = [_spans(d)[0] for d in docs]
+    assert len(set(first_spans)) > 0.9 * len(first_spans)
+    share = sum(len(d) for d in docs) / sum(len(d) for d in sw.training_documents(2, 300, 0.03, repeat_fraction=0.3))
+    assert share == pytest.approx(0.3, abs=0.08)
+    assert list(sw.training_documents(2, 50, 0.03, repeat_fraction=0.3)) == \
+        list(sw.training_documents(2, 50, 0.03, repeat_fraction=0.3))
+
+
+def test_task_bursts_are_runs_of_one_family():
+    def families(docs):
+        out = []
+        for doc in docs:
+            match = TASK_DOC.match(doc)
+            out.append(None if match is None else next(
+                f for f in sw.TASK_FAMILIES if match["instruction"].endswith(sw.FORMAT_DEMANDS[f][0])))
+        return out
+
+    runs = [(f, len(list(g))) for f, g in itertools.groupby(families(sw.training_documents(4, 600, 0.2, task_burst=4)))
+            if f is not None]
+    lengths = [n for _, n in runs]
+    assert max(lengths) > 1 and np.mean(lengths) > 1.5
+    # a run is one burst of at most 4, or a few bursts of the same family back to back
+    assert max(lengths) <= 12
+    single = [len(list(g)) for f, g in itertools.groupby(families(sw.training_documents(4, 600, 0.2)))
+              if f is not None]
+    assert single and np.mean(single) < 1.3                          # without bursts, families alternate
+
+
+def test_corpus_options_reject_bad_values():
+    with pytest.raises(ValueError, match="task_burst"):
+        next(sw.training_documents(0, 1, task_burst=0))
+    with pytest.raises(ValueError, match="repeat_fraction"):
+        next(sw.training_documents(0, 1, task_fraction=0.5, repeat_fraction=0.6))
+
+
+def test_repeat_document_spans_follow_their_ranges_and_mix_nonce_words():
+    d = sw._Draws(np.random.default_rng(3))
+    known = set(sw.REPEAT_WORDS)
+    nonce = total = 0
+    for _ in range(60):
+        doc = sw.repeat_document(d, d.integer(*sw.REPEAT_STORY_SENTENCES))
+        spans = _spans(doc)
+        distinct = set(spans)
+        # spans of 6+ random words never coincide by chance, so each is one span with its own count
+        assert sw.REPEAT_SPANS[0] <= len(distinct) <= sw.REPEAT_SPANS[1]
+        for span in distinct:
+            assert sw.REPEAT_OCCURRENCES[0] <= spans.count(span) <= sw.REPEAT_OCCURRENCES[1]
+            words = span.split(": ", 1)[1].rstrip(".").split()
+            assert sw.REPEAT_SPAN_LENGTH[0] <= len(words) <= sw.REPEAT_SPAN_LENGTH[1]
+            nonce += sum(w not in known for w in words)
+            total += len(words)
+    # about REPEAT_NONCE_SHARE of the span words are nonce words (a nonce word can spell a known word)
+    assert nonce / total == pytest.approx(sw.REPEAT_NONCE_SHARE, abs=0.06)

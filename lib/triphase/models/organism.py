@@ -11,16 +11,24 @@ Every checkpoint is written to a temporary folder and renamed into place; an
 interrupted run resumes from its last complete checkpoint and produces the same
 weights as an uninterrupted one; a complete run with the same configuration is
 reused, never retrained.
+
+The same code path trains on a CUDA GPU when there is one (``device="auto"``)
+and, for configs with ``dtype: bfloat16``, under bf16 autocast (float32
+weights and optimiser state). :func:`training_flops` and
+:func:`expected_training_seconds` give a config's training compute (6 N D plus
+attention) and an estimated GPU time, logged when training starts.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 import time
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from contextlib import contextmanager, nullcontext
+from dataclasses import MISSING, asdict, dataclass, fields
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -43,6 +51,17 @@ RUN_FILE = "run.json"
 LOG_FILE = "training_log.parquet"
 HELDOUT_STORY_SEED_OFFSET = 1_000_003  # held-out-loss stories: a seed no stimulus default uses
 _STEP_DIR = re.compile(r"^step(\d+)$")
+#: compute dtypes of the forward pass: float32 (no autocast) or bfloat16 autocast (weights stay float32)
+DTYPES = ("float32", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+#: Dense bf16 peak of one NVIDIA H100 SXM (989 TFLOP/s, NVIDIA's datasheet; H200: same compute)
+H100_BF16_PEAK_FLOPS = 989e12
+#: Model FLOPs utilisation assumed for the time estimate: an assumption, not a measurement (small
+#: models in eager attention reach well under the 40-50% of large, tuned runs)
+ASSUMED_UTILISATION = 0.2
+#: FLOPs per parameter and token of a training step: 2 forward + 4 backward (Kaplan et al. 2020)
+TRAINING_FLOPS_PER_PARAMETER_TOKEN = 6
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -70,6 +89,11 @@ class OrganismConfig:
     grad_clip: float
     checkpoint_every: int
     heldout_sequences: int
+    # optional fields (added later): at their defaults they leave the hash of older configs unchanged
+    repeat_fraction: float = 0.0   # share of characters in bursty repeat documents (storyworld.repeat_document)
+    task_burst: int = 1            # task documents of one family in a row: 1 .. task_burst
+    corpus_tokens: int = 0         # unique training tokens (0: one pass, max_steps x tokens per step)
+    dtype: str = "float32"         # "bfloat16": bf16 autocast of the forward pass (mixed precision)
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "organism config") -> "OrganismConfig":
@@ -77,7 +101,7 @@ class OrganismConfig:
         unknown = sorted(set(values) - set(known))
         if unknown:
             raise ValueError(f"{where}: unknown field(s) {unknown}; allowed: {', '.join(known)}")
-        missing = sorted(set(known) - set(values))
+        missing = sorted(name for name in set(known) - set(values) if name not in _OPTIONAL_DEFAULTS)
         if missing:
             raise ValueError(f"{where}: missing field(s) {missing}")
         values = dict(values)
@@ -108,6 +132,15 @@ class OrganismConfig:
             raise ValueError(f"{where}: task_fraction must be in [0, 0.5), got {self.task_fraction}")
         if self.vocab_size < 257:
             raise ValueError(f"{where}: vocab_size must exceed the 256 byte symbols, got {self.vocab_size}")
+        # repeat documents are stories too (with recurring spans), so they may make up most of the corpus
+        if not 0 <= self.repeat_fraction < 1 or self.task_fraction + self.repeat_fraction >= 1:
+            raise ValueError(f"{where}: repeat_fraction must be in [0, 1 - task_fraction), got {self.repeat_fraction}")
+        if isinstance(self.task_burst, bool) or not isinstance(self.task_burst, int) or self.task_burst < 1:
+            raise ValueError(f"{where}: task_burst must be a positive integer, got {self.task_burst!r}")
+        if isinstance(self.corpus_tokens, bool) or not isinstance(self.corpus_tokens, int) or self.corpus_tokens < 0:
+            raise ValueError(f"{where}: corpus_tokens must be a non-negative integer, got {self.corpus_tokens!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -124,12 +157,27 @@ class OrganismConfig:
 
         The story world's code decides the corpus, so editing it gives a new run
         instead of silently reusing weights trained on another corpus."""
-        return stable_hash({"config": self.to_dict(), "version": TRAINING_FORMAT_VERSION,
+        keyed = {k: v for k, v in self.to_dict().items()
+                 if k not in _OPTIONAL_DEFAULTS or v != _OPTIONAL_DEFAULTS[k]}
+        return stable_hash({"config": keyed, "version": TRAINING_FORMAT_VERSION,
                             "corpus_generator": _corpus_generator_hash()})
 
     @property
     def checkpoint_steps(self) -> list[int]:
         return pythia_steps(self.max_steps, self.checkpoint_every)
+
+    @property
+    def training_tokens(self) -> int:
+        """Tokens seen in training (``max_steps`` x tokens per step)."""
+        return self.max_steps * self.tokens_per_step
+
+    @property
+    def unique_tokens(self) -> int:
+        """Distinct corpus tokens generated: ``corpus_tokens``, or one pass over training."""
+        return min(self.corpus_tokens, self.training_tokens) if self.corpus_tokens else self.training_tokens
+
+
+_OPTIONAL_DEFAULTS = {f.name: f.default for f in fields(OrganismConfig) if f.default is not MISSING}
 
 
 def _corpus_generator_hash() -> str:
@@ -155,6 +203,89 @@ def _as_config(config) -> OrganismConfig:
 def run_dir(config) -> Path:
     """Folder of the organism run for ``config`` (not created)."""
     return cache_dir("organism") / _as_config(config).hash
+
+
+# --------------------------------------------------------------------------- compute
+def training_flops(config, vocab_size: int | None = None) -> dict:
+    """Expected floating-point operations of training: ``6 N D`` plus attention.
+
+    ``N`` counts the weights of every matrix multiplication a token goes through
+    (per block: query/key/value and output projections ``4 d^2``, the MLP
+    ``2 d f``; plus the unembedding ``d V``; the input embedding is a lookup),
+    ``D`` the training tokens; a training step costs 3 forward passes (forward
+    + backward, Kaplan et al. 2020). Attention adds ``4 L T d`` forward FLOPs
+    per token (scores and weighted values over the full ``T``-token context, as
+    eager attention computes them; Hoffmann et al. 2022, appendix F).
+
+    Parameters
+    ----------
+    config : str, dict or OrganismConfig
+    vocab_size : int, optional
+        The tokenizer's size (default: the configured ``vocab_size``).
+
+    Returns
+    -------
+    dict
+        ``matmul_parameters`` (N), ``parameters`` (N plus the input embedding),
+        ``tokens`` (D), ``dense_flops`` (6 N D), ``attention_flops`` and ``flops`` (their sum).
+
+    Examples
+    --------
+    >>> cfg = dict(OrganismConfig.preset("tiny").to_dict(), hidden_size=4, num_hidden_layers=1,
+    ...            num_attention_heads=1, intermediate_size=8, vocab_size=300, context_length=2,
+    ...            batch_size=1, max_steps=1)
+    >>> f = training_flops(cfg)
+    >>> f["matmul_parameters"] == 4 * 16 + 2 * 4 * 8 + 4 * 300, f["flops"] == 6 * f["matmul_parameters"] * 2 + 12 * 2 * 4 * 2
+    (True, True)
+    """
+    cfg = _as_config(config)
+    vocab = int(vocab_size or cfg.vocab_size)
+    d, layers, context = cfg.hidden_size, cfg.num_hidden_layers, cfg.context_length
+    per_block = 4 * d * d + 2 * d * cfg.intermediate_size
+    matmul = layers * per_block + d * vocab
+    tokens = cfg.training_tokens
+    dense = TRAINING_FLOPS_PER_PARAMETER_TOKEN * matmul * tokens
+    forward_attention_per_token = 4 * layers * context * d
+    attention = 3 * forward_attention_per_token * tokens
+    return {"matmul_parameters": matmul, "parameters": matmul + d * vocab, "tokens": tokens,
+            "dense_flops": dense, "attention_flops": attention, "flops": dense + attention}
+
+
+def expected_training_seconds(config, peak_flops: float = H100_BF16_PEAK_FLOPS,
+                              utilisation: float = ASSUMED_UTILISATION, vocab_size: int | None = None) -> float:
+    """Estimated training time on one accelerator: FLOPs / (peak x utilisation). An estimate, not a measurement.
+
+    Examples
+    --------
+    >>> expected_training_seconds("tiny", peak_flops=1e12, utilisation=0.5) == training_flops("tiny")["flops"] / 5e11
+    True
+    """
+    if peak_flops <= 0 or not 0 < utilisation <= 1:
+        raise ValueError(f"need peak_flops > 0 and utilisation in (0, 1], got {peak_flops}, {utilisation}")
+    return training_flops(config, vocab_size)["flops"] / (peak_flops * utilisation)
+
+
+def compute_estimate_line(config, vocab_size: int | None = None) -> str:
+    """One line for the training log: parameters, tokens, FLOPs and the estimated time on one H100."""
+    f = training_flops(config, vocab_size)
+    seconds = expected_training_seconds(config, vocab_size=vocab_size)
+    return (f"organism: {f['parameters'] / 1e6:.2f} M parameters ({f['matmul_parameters'] / 1e6:.2f} M in matmuls), "
+            f"{f['tokens'] / 1e6:.1f} M training tokens, {f['flops']:.3g} FLOPs (6ND + attention); "
+            f"estimate on one GPU at {H100_BF16_PEAK_FLOPS / 1e12:.0f} TFLOP/s bf16 peak and an assumed "
+            f"{ASSUMED_UTILISATION:.0%} utilisation: {seconds:.3g} s (an estimate, not a measurement)")
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``"auto"`` -> ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' but torch sees no CUDA GPU; use device='cpu' or 'auto'")
+    return device
 
 
 # --------------------------------------------------------------------------- data
@@ -193,7 +324,8 @@ def prepare_corpus(config, progress: bool = True) -> Path:
     """Generate the training corpus, train the tokenizer and tokenise (cached).
 
     Writes ``data/tokenizer/``, ``data/train_tokens.npy`` (enough tokens for one
-    pass over ``max_steps`` batches), ``data/heldout_tokens.npy`` and
+    pass over ``max_steps`` batches, or ``corpus_tokens`` to train for several
+    epochs), ``data/heldout_tokens.npy`` and
     ``data/corpus.json`` (sizes, unigram entropy) under the run folder.
     """
 
@@ -201,10 +333,11 @@ def prepare_corpus(config, progress: bool = True) -> Path:
     data = run_dir(cfg) / "data"
     if (data / "corpus.json").exists():
         return data
-    needed = cfg.max_steps * cfg.tokens_per_step + cfg.context_length
+    needed = cfg.unique_tokens + cfg.context_length
     with atomic_dir(data) as tmp:
         # documents are generated lazily and tokenised in chunks until enough tokens exist
-        docs = storyworld.training_documents(cfg.corpus_seed, n_documents=10**9, task_fraction=cfg.task_fraction)
+        docs = storyworld.training_documents(cfg.corpus_seed, n_documents=10**9, task_fraction=cfg.task_fraction,
+                                             repeat_fraction=cfg.repeat_fraction, task_burst=cfg.task_burst)
         first = [next(docs) for _ in range(cfg.tokenizer_documents)]
         tokenizer = _build_tokenizer(first, cfg.vocab_size)
         tokenizer.save_pretrained(tmp / "tokenizer")
@@ -222,6 +355,8 @@ def prepare_corpus(config, progress: bool = True) -> Path:
             bar.update(min(len(chunk), max(needed - bar.n, 0)))
         bar.close()
         train_tokens = np.concatenate(chunks)
+        if cfg.corpus_tokens:  # a corpus for several epochs has the size asked for (one pass keeps every chunk)
+            train_tokens = train_tokens[:needed]
         np.save(tmp / "train_tokens.npy", train_tokens)
         heldout_text = [s.text for s in storyworld.stimulus_stories(
             max(4, cfg.heldout_sequences // 4), seed=cfg.corpus_seed + HELDOUT_STORY_SEED_OFFSET)]
@@ -281,22 +416,41 @@ def _lr_lambda(cfg: OrganismConfig):
     return factor
 
 
+@lru_cache(maxsize=2)
+def _epoch_order(train_seed: int, epoch: int, n_seq: int) -> np.ndarray:
+    """Order of the training sequences in one epoch (epoch 0: the order of one-pass training)."""
+    return np.random.default_rng([train_seed, 1] + ([epoch] if epoch else [])).permutation(n_seq)
+
+
 def _batch(tokens: np.ndarray, order: np.ndarray, step: int, cfg: OrganismConfig):
     # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
     import torch
     n_seq = len(order)
-    idx = order[(step * cfg.batch_size + np.arange(cfg.batch_size)) % n_seq]
+    positions = step * cfg.batch_size + np.arange(cfg.batch_size)
+    epochs = positions // n_seq
+    # a corpus smaller than the training tokens is reshuffled every epoch (one pass: epoch 0 only)
+    idx = np.array([(order if e == 0 else _epoch_order(cfg.train_seed, int(e), n_seq))[p % n_seq]
+                    for p, e in zip(positions, epochs)])
     starts = idx * cfg.context_length
     rows = np.stack([tokens[s: s + cfg.context_length] for s in starts]).astype(np.int64)
     return torch.from_numpy(rows)
 
 
-def _heldout_loss(model, heldout: np.ndarray, cfg: OrganismConfig) -> float:
+def _autocast(cfg: OrganismConfig, device: str):
+    """bf16 autocast of the forward pass when the config asks for it (weights and optimiser stay float32)."""
     # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
     import torch
-    x = torch.from_numpy(heldout.astype(np.int64).reshape(cfg.heldout_sequences, cfg.context_length))
+    if cfg.dtype == "bfloat16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def _heldout_loss(model, heldout: np.ndarray, cfg: OrganismConfig, device: str = "cpu") -> float:
+    # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
+    import torch
+    x = torch.from_numpy(heldout.astype(np.int64).reshape(cfg.heldout_sequences, cfg.context_length)).to(device)
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(cfg, device):
         losses = [model(input_ids=chunk, labels=chunk).loss.item() for chunk in x.split(16)]
     model.train()
     return float(np.mean(losses))
@@ -337,7 +491,8 @@ def complete_steps(path: Path) -> list[int]:
     return sorted(steps)
 
 
-def train_organism(config="default", progress: bool = True, stop_at_step: int | None = None) -> Path:
+def train_organism(config="default", progress: bool = True, stop_at_step: int | None = None,
+                   device: str = "auto") -> Path:
     """Train the organism (or reuse / resume an existing run) and return its folder.
 
     Parameters
@@ -350,6 +505,10 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     stop_at_step : int, optional
         Stop after saving this checkpoint step, as an interruption would (the
         next call resumes). Used to train in stages and to test resumption.
+    device : {"auto", "cpu", "cuda"}
+        Where to train; ``"auto"`` takes a CUDA GPU when there is one. The
+        config's ``dtype`` decides bf16 autocast. (Weights trained on another
+        device differ in rounding; the run folder records the device.)
 
     Returns
     -------
@@ -368,6 +527,7 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
     cfg = _as_config(config)
+    device = resolve_device(device)
     path = run_dir(cfg)
     run_file = path / RUN_FILE
     if run_file.exists() and json.loads(run_file.read_text()).get("status") == "complete":
@@ -381,8 +541,12 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     n_seq = len(tokens) // cfg.context_length
     order = np.random.default_rng([cfg.train_seed, 1]).permutation(n_seq)
     schedule = set(cfg.checkpoint_steps)
+    estimate = compute_estimate_line(cfg, len(tokenizer))
+    logger.info(estimate)
+    if progress:
+        print(estimate)
 
-    model = _new_model(cfg, tokenizer)
+    model = _new_model(cfg, tokenizer).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas,
                                   weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
@@ -391,9 +555,9 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     done = [s for s in complete_steps(path) if (path / f"step{s}" / TRAINER_STATE_FILE).exists()]
     if done:
         start = done[-1]
-        state = torch.load(path / f"step{start}" / TRAINER_STATE_FILE, weights_only=False)
+        state = torch.load(path / f"step{start}" / TRAINER_STATE_FILE, weights_only=False, map_location="cpu")
 
-        model = GPTNeoXForCausalLM.from_pretrained(path / f"step{start}", dtype=torch.float32)
+        model = GPTNeoXForCausalLM.from_pretrained(path / f"step{start}", dtype=torch.float32).to(device)
         optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas,
                                       weight_decay=cfg.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
@@ -405,7 +569,7 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     model.train()
 
     def save(step: int, train_loss: float) -> None:
-        heldout_loss = _heldout_loss(model, heldout, cfg)
+        heldout_loss = _heldout_loss(model, heldout, cfg, device)
         log_rows.append({"step": step, "tokens_seen": step * cfg.tokens_per_step,
                          "train_loss": train_loss, "heldout_loss": heldout_loss, "checkpoint": True})
         with atomic_dir(path / f"step{step}") as tmp, _quiet_save():
@@ -427,8 +591,9 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
         if stop_at_step is not None and step >= stop_at_step:
             bar.close()
             return path
-        batch = _batch(tokens, order, step, cfg)
-        loss = model(input_ids=batch, labels=batch).loss
+        batch = _batch(tokens, order, step, cfg).to(device)
+        with _autocast(cfg, device):
+            loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -456,6 +621,8 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
             "final_heldout_loss": float(log.dropna(subset=["heldout_loss"])["heldout_loss"].iloc[-1]),
             "train_tokens": corpus["train_tokens"],
             "seconds_last_session": time.perf_counter() - started,
+            "device": device,
+            "compute_estimate": estimate,
         },
         run_file,
     )

@@ -66,7 +66,8 @@ HELDOUT_STREAM = "heldout"
 STREAMS = (TRAIN_STREAM, HELDOUT_STREAM)
 #: spawn keys of the independent random streams (stream, content)
 _STREAM_KEYS = {(TRAIN_STREAM, "stories"): 1, (TRAIN_STREAM, "tasks"): 2,
-                (HELDOUT_STREAM, "stories"): 3, (HELDOUT_STREAM, "tasks"): 4}
+                (HELDOUT_STREAM, "stories"): 3, (HELDOUT_STREAM, "tasks"): 4,
+                (TRAIN_STREAM, "repeats"): 5}
 
 POS_TAGS = ("DET", "NOUN", "PROPN", "PRON", "VERB", "ADJ", "ADP", "ADV", "CCONJ", "SCONJ", "NUM", "AUX")
 TASK_FAMILIES = ("yesno", "choice", "count", "copy")
@@ -1045,13 +1046,111 @@ def format_task_text(item: TaskItem, with_answer: bool = True) -> str:
     return f"{prompt} {item.answer}" if with_answer else prompt
 
 
+# --------------------------------------------------------------------------- bursty repeated spans
+#: spans (random word sequences) a repeat document recurs (inclusive range)
+REPEAT_SPANS = (2, 4)
+#: words in one span (inclusive range): long enough that only copying predicts a recurrence
+REPEAT_SPAN_LENGTH = (6, 16)
+#: occurrences of each span in its document (inclusive range; the first shows it, the others recur)
+REPEAT_OCCURRENCES = (2, 4)
+#: sentences of the story around the spans (inclusive range): short, so that recurrences are a large
+#: share of a repeat document and most of them fall within one training context of their first showing
+REPEAT_STORY_SENTENCES = (1, 4)
+#: frames that introduce a span; a span keeps its frame for the whole document (a recurring phrase)
+REPEAT_FRAMES = ("The note says", "The song goes", "The list reads", "The sign says", "The rhyme goes")
+#: words of the spans: the list words plus the characters' names (recurring entities)
+REPEAT_WORDS = LIST_WORDS + tuple(n.lower() for n, _ in CHARACTERS)
+#: share of span words that are nonce words (random syllables): the tokenizer splits them into
+#: arbitrary sub-word tokens, so copying is practised on every token, not only on a few frequent words
+REPEAT_NONCE_SHARE = 0.5
+#: syllables of a nonce word (inclusive range), each a consonant then a vowel
+REPEAT_NONCE_SYLLABLES = (1, 3)
+_NONCE_CONSONANTS = "bdfghjklmnprstvwz"
+_NONCE_VOWELS = "aeiou"
+
+
+def _span_word(d: _Draws) -> str:
+    if d.chance(REPEAT_NONCE_SHARE):
+        return "".join(d.pick(_NONCE_CONSONANTS) + d.pick(_NONCE_VOWELS)
+                       for _ in range(d.integer(*REPEAT_NONCE_SYLLABLES)))
+    return d.pick(REPEAT_WORDS)
+
+
+def repeat_document(d: _Draws, n_sentences: int) -> str:
+    """A story with recurring spans of random words at variable distances (bursty text).
+
+    Each document draws its own spans (random sequences of words and nonce
+    words, so no span can be memorised across documents: only copying from the
+    context predicts a recurrence) and inserts every span 2-4 times
+    (``REPEAT_OCCURRENCES``) between the story's sentences, at random places,
+    so the distance between occurrences varies. Bursty, within-context
+    recurrence of arbitrary spans is what in-context learning and induction
+    heads feed on (Chan et al. 2022, "Data distributional properties drive
+    emergent in-context learning"; Olsson et al. 2022).
+
+    Parameters
+    ----------
+    d : _Draws
+        Source of randomness.
+    n_sentences : int
+        Sentences of the underlying story (>= 1).
+
+    Examples
+    --------
+    >>> text = repeat_document(_Draws(np.random.default_rng(0)), 6)
+    >>> spans = [s for s in text[:-1].split(". ") if ": " in s]
+    >>> len(spans) >= 4 and all(spans.count(s) >= 2 for s in spans)
+    True
+    """
+    story, _ = _story_text(d, n_sentences)
+    sentences = story[:-1].split(". ")
+    n_spans = d.integer(*REPEAT_SPANS)
+    spans = [f"{d.pick(REPEAT_FRAMES)}: " + " ".join(_span_word(d) for _ in range(d.integer(*REPEAT_SPAN_LENGTH)))
+             for _ in range(n_spans)]
+    occurrences = d.shuffle([s for s in spans for _ in range(d.integer(*REPEAT_OCCURRENCES))])
+    # insertion points between sentences (0 = before the first), sorted so occurrences keep their shuffled order
+    gaps = sorted(d.index(len(sentences) + 1) for _ in occurrences)
+    out: list[str] = []
+    following = iter(zip(gaps, occurrences))
+    pending = next(following, None)
+    for position in range(len(sentences) + 1):
+        while pending is not None and pending[0] == position:
+            out.append(pending[1])
+            pending = next(following, None)
+        if position < len(sentences):
+            out.append(sentences[position])
+    return ". ".join(out) + "."
+
+
+def _burst_range(task_burst) -> tuple[int, int]:
+    if isinstance(task_burst, bool) or not isinstance(task_burst, (int, np.integer)) or task_burst < 1:
+        raise ValueError(f"task_burst must be a positive integer, got {task_burst!r}")
+    return 1, int(task_burst)
+
+
 def training_documents(seed: int, n_documents: int, task_fraction: float = 0.03,
-                       n_sentences: tuple[int, int] = (8, 40)) -> Iterator[str]:
+                       n_sentences: tuple[int, int] = (8, 40), repeat_fraction: float = 0.0,
+                       task_burst: int = 1) -> Iterator[str]:
     """Training documents of the train stream: stories with task documents mixed in.
 
     A task document (family drawn uniformly) is emitted whenever the task share
     of the characters written so far is below ``task_fraction``, so the share
     converges to it; everything else is a story of ``n_sentences`` sentences.
+
+    Two options, off by default (the defaults reproduce the corpus of earlier
+    versions bit for bit), give the text properties that in-context learning is
+    known to need:
+
+    * ``repeat_fraction``: share of characters in repeat documents
+      (:func:`repeat_document`: short stories of ``REPEAT_STORY_SENTENCES``
+      sentences, whatever ``n_sentences``, with recurring random spans; Chan
+      et al. 2022; Olsson et al. 2022), emitted like task documents whenever
+      their share is below it. Drawn from a stream of their own.
+    * ``task_burst``: when a task document is due, 1 to ``task_burst``
+      (uniform) documents of the same family follow each other, as the solved
+      examples of a few-shot prompt do (each is one document, closed by the
+      end-of-text token; Chan et al. 2022's bursty classes). Documents of a
+      burst count towards ``n_documents``.
 
     Examples
     --------
@@ -1061,16 +1160,29 @@ def training_documents(seed: int, n_documents: int, task_fraction: float = 0.03,
     """
     if not 0 <= task_fraction < 1:
         raise ValueError(f"task_fraction must be in [0, 1), got {task_fraction}")
+    if not 0 <= repeat_fraction < 1 or task_fraction + repeat_fraction >= 1:
+        raise ValueError(f"repeat_fraction must be in [0, 1 - task_fraction), got {repeat_fraction}")
+    burst_low, burst_high = _burst_range(task_burst)
     low, high = _sentence_range(n_sentences)
     stories = _draws(seed, TRAIN_STREAM, "stories")
     tasks = _draws(seed, TRAIN_STREAM, "tasks", len(TASK_FAMILIES))
+    repeats = _draws(seed, TRAIN_STREAM, "repeats")
     sources = {f: _ItemSource(f, tasks, TRAIN_STREAM) for f in TASK_FAMILIES}
-    task_chars = total_chars = 0
+    task_chars = repeat_chars = total_chars = 0
+    burst_family, burst_left = None, 0
     for i in range(int(n_documents)):
-        if task_fraction > 0 and task_chars < task_fraction * total_chars:
-            family = tasks.pick(TASK_FAMILIES)
+        if burst_left > 0 or (task_fraction > 0 and task_chars < task_fraction * total_chars):
+            if burst_left == 0:
+                burst_family = tasks.pick(TASK_FAMILIES)
+                # no draw when bursts are off: the default corpus stays what it was
+                burst_left = tasks.integer(burst_low, burst_high) if burst_high > burst_low else burst_low
+            family = burst_family
+            burst_left -= 1
             text = format_task_text(sources[family].next(f"{family}-{TRAIN_STREAM}-{seed}-doc{i}"))
             task_chars += len(text)
+        elif repeat_fraction > 0 and repeat_chars < repeat_fraction * total_chars:
+            text = repeat_document(repeats, repeats.integer(*REPEAT_STORY_SENTENCES))
+            repeat_chars += len(text)
         else:
             text, _ = _story_text(stories, stories.integer(low, high))
         total_chars += len(text)
