@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from triphase.runs.config import ConfigError, load_run_config
@@ -21,6 +23,9 @@ def test_presets_load_and_fill_notebooks():
         ({"notebooks": ["99_missing"]}, r"unknown notebook '99_missing'; allowed: 00_organism"),
         ({"seed": "zero"}, r"field 'seed' must be an integer"),
         ({"series": [{"name": "x", "repo": "a/b"}]}, r"lacks revisions, tokens_per_step"),
+        ({"notebook_workers": "many"}, r"field 'notebook_workers' must be 'auto' or a positive integer, got 'many'"),
+        ({"notebook_workers": 0}, r"field 'notebook_workers' must be 'auto' or a positive integer, got 0"),
+        ({"notebook_workers": True}, r"field 'notebook_workers' must be 'auto' or a positive integer"),
     ],
 )
 def test_invalid_fields_are_named(values, message):
@@ -130,3 +135,8 @@ def test_unannotated_types_come_from_the_default():
     assert types('"best"') == (str,)
     assert types("None") is None and types("np.inf") is None
     assert types("[0, 2]") == (list,)
+
+
+def test_notebook_workers_default_to_auto_and_accept_a_number():
+    assert load_run_config({}).notebook_workers == min(2, os.cpu_count() or 1)
+    assert load_run_config({"notebook_workers": 3}).notebook_workers == 3

@@ -2,12 +2,14 @@
 import json
 import os
 import shutil
+import threading
 
 import nbformat
 import numpy as np
 import pytest
 from conftest import REPO_ROOT
 
+import triphase.runs.runner as runner_module
 from triphase._home import data_home, results_dir
 from triphase.runs.config import load_run_config
 from triphase.runs.runner import (
@@ -19,6 +21,7 @@ from triphase.runs.runner import (
     collapse_progress_output,
     execute_notebook,
     fold_injected_parameters,
+    notebook_waves,
     run,
 )
 from triphase.runs.template import notebook_parameters
@@ -326,3 +329,44 @@ def test_the_tables_checked_are_those_the_executed_copy_recorded(tmp_path, fresh
     executed()  # written before tables were recorded: the expected ones are checked
     assert _rerun_reason(out, "k", [table, table.with_name("other.parquet")], home, False) == (
         "tables missing: results/s/d-x/other.parquet")
+
+
+def test_notebooks_of_a_wave_run_side_by_side_with_their_share_of_the_cores(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner_module.os, "cpu_count", lambda: 4)
+    barrier = threading.Barrier(2, timeout=10)  # both must be running at once, or this times out
+    seen = {}
+
+    def execute(index, name, job, params, side_by_side):
+        seen[name] = (os.environ.get("OMP_NUM_THREADS"), side_by_side)
+        barrier.wait()
+        return index != 2
+
+    wave = [(1, "01_brain_alignment", {}, {}), (2, "03_downstream_tasks", {}, {})]
+    assert runner_module._execute_wave(wave, 2, execute) == {1: True, 2: False}
+    assert seen == {"01_brain_alignment": ("2", True), "03_downstream_tasks": ("2", True)}
+    assert "OMP_NUM_THREADS" not in os.environ  # restored afterwards
+
+
+def test_a_failing_notebook_of_a_wave_stops_the_run():
+    started = []
+
+    def execute(index, name, job, params, side_by_side):
+        started.append(name)
+        if name == "bad":
+            raise NotebookFailed("notebook bad failed in cell 3")
+        return True
+
+    wave = [(i, name, {}, {}) for i, name in enumerate(["bad", "a", "b", "c"], start=1)]
+    with pytest.raises(NotebookFailed, match="notebook bad failed"):
+        runner_module._execute_wave(wave, 1, execute)
+    assert started == ["bad"]  # serial: nothing after the failure
+    with pytest.raises(NotebookFailed, match="notebook bad failed"):
+        runner_module._execute_wave(wave, 2, execute)
+
+
+def test_synthesis_waits_for_the_others():
+    plan = [(n, {}, {}) for n in ("00_organism", "04_phases", "02_internal_states", "01_brain_alignment")]
+    first, last = notebook_waves(plan)
+    assert [name for _, name, _, _ in first] == ["01_brain_alignment", "02_internal_states", "00_organism"]
+    assert [(index, name) for index, name, _, _ in last] == [(2, "04_phases")]

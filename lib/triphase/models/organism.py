@@ -542,9 +542,7 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     order = np.random.default_rng([cfg.train_seed, 1]).permutation(n_seq)
     schedule = set(cfg.checkpoint_steps)
     estimate = compute_estimate_line(cfg, len(tokenizer))
-    logger.info(estimate)
-    if progress:
-        print(estimate)
+    logger.info(estimate)  # the command line shows the triphase logger; a bare library call stays quiet
 
     model = _new_model(cfg, tokenizer).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, betas=cfg.adam_betas,
