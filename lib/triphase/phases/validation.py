@@ -76,8 +76,10 @@ class ValidationSettings:
 
 def _phase_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows of :mod:`triphase.phases.calibration` in the validation columns."""
-    setting = frame.apply(lambda r: f"{r['shape']} curve, {r['schedule']} schedule, AR(1) phi = {r['phi']}, "
-                                    f"noise sd {r['noise_sd']}, {r['n_sim']} draws", axis=1)
+    # coverage is counted over the planted breakpoints of the draws that found their number, not over draws
+    units = np.where(frame["statistic"] == "breakpoint coverage", "planted breakpoints", "draws")
+    setting = [f"{r['shape']} curve, {r['schedule']} schedule, AR(1) phi = {r['phi']}, noise sd {r['noise_sd']}, "
+               f"{r['n_sim']} {unit}" for r, unit in zip(frame.to_dict("records"), units)]
     statistic = np.where(frame["statistic"].isin(["monotone test", "triple label"]),
                          "false-positive rate: " + frame["statistic"], frame["statistic"])
     return pd.DataFrame({"section": "phases", "statistic": statistic, "setting": setting, "value": frame["rate"],
