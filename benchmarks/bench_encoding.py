@@ -26,21 +26,16 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from triphase.brain.encoding import DEFAULT_ALPHAS, DEFAULT_N_SPLITS, fit_encoding_model, score_voxels
 from triphase.brain.timeseries import make_delayed, zscore
+from _peak import machine_peak  # benchmarks/_peak.py (run as a script: its folder is on sys.path)
 
-#: the shared machine-peak tool, looked up next to the repository (not at a machine path)
-MACHINE_PEAK_SCRIPT = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "machine_peak.py"
 N_DELAYS = 4
 
 
@@ -68,21 +63,6 @@ def simulate_layers(n_layers, n_stories, n_trs, n_test_trs, n_features, n_voxels
         for s, n in lengths.items()
     }
     return designs, responses, names[:-1], "test"
-
-
-def machine_peak():
-    if not MACHINE_PEAK_SCRIPT.exists():
-        print(f"(machine peak figure skipped: no {MACHINE_PEAK_SCRIPT})")
-        return None
-    try:
-        out = subprocess.run(
-            [sys.executable, str(MACHINE_PEAK_SCRIPT), "--size", "1024", "--repeats", "3"],
-            capture_output=True, text=True, timeout=120, check=True,
-        )
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    except Exception as error:  # the benchmark still runs without a peak figure
-        print(f"(machine peak unavailable: {error})")
-        return None
 
 
 def dominant_flops(n_samples, n_features, n_voxels, n_alphas, n_splits):

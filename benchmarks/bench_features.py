@@ -33,18 +33,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from triphase.models.features import backbone, document_start_ids, tokenize_words, tokens_processed, word_hidden_states
+from _peak import machine_peak  # benchmarks/_peak.py (run as a script: its folder is on sys.path)
 
-#: the shared machine-peak tool, looked up next to the repository (not at a machine path)
-MACHINE_PEAK_SCRIPT = Path(__file__).resolve().parents[1].parent / "shared" / "tools" / "machine_peak.py"
 #: targets of issue 12 (point 6)
 MAX_OVERHEAD_RATIO, MIN_THROUGHPUT_VS_PLAIN = 2.1, 0.9
 #: FLOPs per multiply-add
@@ -121,21 +117,6 @@ def flops_per_token(model, window: int) -> float:
     backbone_params = sum(p.numel() for p in backbone(model).parameters()) - embedding_params
     attention = ATTENTION_PRODUCTS * FLOPS_PER_MAC * config.num_hidden_layers * window * config.hidden_size
     return FLOPS_PER_MAC * backbone_params + attention
-
-
-def machine_peak():
-    if not MACHINE_PEAK_SCRIPT.exists():
-        print(f"(machine peak figure skipped: no {MACHINE_PEAK_SCRIPT})")
-        return None
-    try:
-        out = subprocess.run(
-            [sys.executable, str(MACHINE_PEAK_SCRIPT), "--size", "1024", "--repeats", "3"],
-            capture_output=True, text=True, timeout=120, check=True,
-        )
-        return json.loads(out.stdout.strip().splitlines()[-1])
-    except Exception as error:  # the benchmark still runs without a peak figure
-        print(f"(machine peak unavailable: {error})")
-        return None
 
 
 def main():
