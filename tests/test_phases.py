@@ -37,6 +37,7 @@ from triphase.phases.boundaries import (
     solving_phases,
 )
 from triphase.tasks.scoring import wilson_interval
+from triphase.phases.synthesis import agreement_across_models
 from triphase.phases.table import alignment_table, boundary_agreement
 from triphase.phases.text import describe_phases
 from triphase.phases.inference import detect_phases, detect_phases_many
@@ -441,3 +442,23 @@ def test_boundary_agreement_needs_every_model_and_a_shared_point():
     assert not agreement.loc["instruction following", "agree"]  # seed2 did not find it
     apart = pd.concat([rows("seed0", [5.0, 4.0]), rows("seed1", [5.5, 4.0])])
     assert not boundary_agreement(apart).set_index("perspective").loc["brain", "agree"]  # 5.2 < 5.3: no shared point
+
+
+def test_agreement_counts_a_boundary_without_interval_as_its_point():
+    rows = pd.DataFrame({"series": ["a", "b"], "perspective": "internal", "source": "cka", "boundary": "change",
+                         "found": True, "x": [5.0, 7.0], "ci_low": [4.0, np.nan], "ci_high": [6.0, np.nan]})
+    assert not boundary_agreement(rows)["agree"].iloc[0]  # 7.0 lies outside [4, 6]
+    rows.loc[1, "x"] = 5.5
+    assert boundary_agreement(rows)["agree"].iloc[0]
+
+
+def test_agreement_compares_series_within_a_subject_not_subjects():
+    table = pd.DataFrame({"series": "seed0", "perspective": ["internal"], "source": ["cka"], "boundary": ["change"],
+                          "found": [True], "x": [5.0], "ci_low": [4.8], "ci_high": [5.2]})
+    one_series = [{"series": "seed0", "subject": s, "phases": table} for s in ("sub01", "sub02")]
+    agreement, sentence = agreement_across_models(one_series)
+    assert agreement is None and "Fewer than two series per subject" in sentence
+    seeds = one_series + [{"series": "seed1", "subject": "sub01", "phases": table.assign(series="seed1", x=5.1)}]
+    agreement, sentence = agreement_across_models(seeds)
+    assert list(agreement["subject"]) == ["sub01"] and agreement["agree"].all()
+    assert sentence.startswith("sub01: 1 of 1 boundaries are found by all 2 series")

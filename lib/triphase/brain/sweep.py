@@ -400,7 +400,13 @@ def _with_unique_variance(table: pd.DataFrame, data: BrainData, features: dict, 
     region means of :data:`UNIQUE_COLUMNS` (NaN on every other row).
     """
     model_rows = table[(table["features"] == MODEL_FEATURES) & (table["region"] == ALL_REGIONS)]
-    layer = int(model_rows.loc[model_rows["cv_score_mean"].idxmax(), "layer"])
+    for column in UNIQUE_COLUMNS:
+        table[column] = np.nan
+    scored = model_rows.dropna(subset=["cv_score_mean"])
+    if scored.empty:  # no layer has a cross-validated score: nothing to choose, the columns stay NaN
+        table["n_baseline_features"] = 0
+        return table
+    layer = int(scored.loc[scored["cv_score_mean"].idxmax(), "layer"])
     if on_fit is not None:
         on_fit(f"baseline and banded ridge: layer {layer}")
     design = {s: story_design(features[s][layer], data.timings[s].midpoints, data.timings[s].tr_times,
@@ -409,8 +415,6 @@ def _with_unique_variance(table: pd.DataFrame, data: BrainData, features: dict, 
     result = unique_variance(data.responses, data.train, data.test, baseline, design, data.region_masks(),
                              delays=settings["delays"], n_splits=settings["n_splits"], backend=settings["backend"])
     means = result.regions.set_index("region")
-    for column in UNIQUE_COLUMNS:
-        table[column] = np.nan
     chosen = (table["features"] == MODEL_FEATURES) & (table["layer"] == layer)
     for column in UNIQUE_COLUMNS:
         table.loc[chosen, column] = table.loc[chosen, "region"].map(means[column]).to_numpy(dtype=float)

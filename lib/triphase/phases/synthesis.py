@@ -520,19 +520,28 @@ def summary_markdown(models: list[dict], notes: dict, brain_measure: str = "scor
 
 
 def agreement_across_models(models: list[dict]) -> tuple[pd.DataFrame | None, str]:
-    """Which boundaries agree across the models of this run (e.g. seeds), and a sentence saying so.
+    """Which boundaries agree across the series of this run (e.g. seeds), per subject, and a sentence saying so.
 
-    Uses :func:`triphase.phases.table.boundary_agreement` over every model with
-    a phases table; ``(None, reason)`` with fewer than two.
+    Models are compared across series within one subject (the task and internal
+    rows do not depend on the subject, so comparing subjects would agree by
+    construction), with :func:`triphase.phases.table.boundary_agreement`;
+    ``(None, reason)`` when no subject has two series with a phases table.
     """
-    frames = [m["phases"].assign(model=f"{m['series']} / {m['subject']}") for m in models
-              if m.get("phases") is not None]
-    if len(frames) < 2:
-        return None, "One model in this run: agreement across models (such as training seeds) needs two or more."
-    agreement = boundary_agreement(pd.concat(frames, ignore_index=True), by="model")
-    agreeing = agreement[agreement["agree"]]
-    named = "; ".join(f"{r.perspective} {r.source}: {r.boundary} (common interval {r.common_low:.2f} to "
-                      f"{r.common_high:.2f})" for r in agreeing.itertuples())
-    sentence = (f"{len(agreeing)} of {len(agreement)} boundaries are found by all {len(frames)} models with "
-                f"intervals sharing a point" + (f": {named}." if named else "."))
-    return agreement, sentence
+    frames, lines = [], []
+    subjects = sorted({m["subject"] for m in models})
+    for subject in subjects:
+        tables = [m["phases"] for m in models if m["subject"] == subject and m.get("phases") is not None]
+        if len(tables) < 2:
+            continue
+        agreement = boundary_agreement(pd.concat(tables, ignore_index=True), by="series")
+        agreement.insert(0, "subject", subject)
+        frames.append(agreement)
+        agreeing = agreement[agreement["agree"]]
+        named = "; ".join(f"{r.perspective} {r.source}: {r.boundary} (common interval {r.common_low:.2f} to "
+                          f"{r.common_high:.2f})" for r in agreeing.itertuples())
+        lines.append(f"{subject}: {len(agreeing)} of {len(agreement)} boundaries are found by all {len(tables)} "
+                     f"series with intervals sharing a point" + (f": {named}." if named else "."))
+    if not frames:
+        return None, ("Fewer than two series per subject in this run: agreement across models (such as training "
+                      "seeds) needs two or more.")
+    return pd.concat(frames, ignore_index=True), " ".join(lines)

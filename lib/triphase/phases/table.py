@@ -244,7 +244,8 @@ def boundary_agreement(phases_df: pd.DataFrame, by: str = "series") -> pd.DataFr
 
     A boundary (perspective, source, boundary name) *agrees* when every model
     found it and all their intervals share at least one point (the common
-    interval ``[max ci_low, min ci_high]`` is not empty). Brain breakpoints are
+    interval ``[max ci_low, min ci_high]`` is not empty; a boundary without an
+    interval counts as its point ``x``). Brain breakpoints are
     matched by their name, i.e. their order and transition (``breakpoint 1
     (rising -> falling)``), so a model with another number of breakpoints, or
     another transition, disagrees.
@@ -274,8 +275,9 @@ def boundary_agreement(phases_df: pd.DataFrame, by: str = "series") -> pd.DataFr
     out = []
     for (perspective, source, boundary), rows in phases_df.groupby(["perspective", "source", "boundary"], sort=True):
         found = rows[rows["found"].astype(bool)]
-        low = float(found["ci_low"].max()) if len(found) else np.nan
-        high = float(found["ci_high"].min()) if len(found) else np.nan
+        bounds = _interval_bounds(found)  # a boundary without an interval counts as its point x
+        low = float(bounds[:, 0].max()) if len(found) else np.nan
+        high = float(bounds[:, 1].min()) if len(found) else np.nan
         n_found = int(found[by].nunique())
         out.append({"perspective": perspective, "source": source, "boundary": boundary, "n_models": n_models,
                     "n_found": n_found, "x_values": ", ".join(f"{x:.2f}" for x in found["x"]),

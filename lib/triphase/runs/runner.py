@@ -50,6 +50,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -128,9 +129,17 @@ class RunReport:
                 + ", ".join(parts))
 
 
+#: one kernelspec install at a time (notebooks side by side would otherwise both rewrite its folder)
+_KERNEL_INSTALL = threading.Lock()
+
+
 def ensure_kernel() -> str:
     """Install (if needed) a kernelspec named ``triphase`` running this Python."""
+    with _KERNEL_INSTALL:
+        return _ensure_kernel()
 
+
+def _ensure_kernel() -> str:
     manager = KernelSpecManager()
     try:
         spec = manager.get_kernel_spec(KERNEL_NAME)
@@ -289,7 +298,10 @@ def execute_notebook(name: str, parameters: dict, output: Path, force: bool = Fa
     try:
         papermill.execute_notebook(
             str(source), str(scratch), parameters=parameters, kernel_name=kernel,
-            cwd=str(root / "notebooks"), progress_bar=progress if cell_bar is None else cell_bar, report_mode=False,
+            # the kernel's working folder, given to the kernel only: papermill's cwd= would chdir the whole
+            # process, which notebooks running side by side share
+            resources={"metadata": {"path": str(root / "notebooks")}},
+            progress_bar=progress if cell_bar is None else cell_bar, report_mode=False,
             kernel_manager_class=LocalKernelManager, stderr_file=SweepProgress() if progress else None,
         )
     except PapermillExecutionError as exc:
@@ -660,22 +672,20 @@ def _execute_wave(wave: list, workers: int, execute) -> dict[int, bool]:
         return {index: execute(index, name, job, params, False) for index, name, job, params in wave}
     saved = {var: os.environ.get(var) for var in THREAD_VARIABLES}
     os.environ.update(_kernel_threads(workers))  # kernels inherit the environment when they start
+    pool = ThreadPoolExecutor(max_workers=workers)
+    futures = {}
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            futures = {pool.submit(execute, index, name, job, params, True): index
-                       for index, name, job, params in wave}
-            ran, failure = {}, None
-            for future in as_completed(futures):
-                try:
-                    ran[futures[future]] = future.result()
-                except BaseException as exc:  # keep the first; stop starting new notebooks
-                    failure = failure or exc
-                    for other in futures:
-                        other.cancel()
-            if failure is not None:
-                raise failure
-            return ran
+        futures = {pool.submit(execute, index, name, job, params, True): index for index, name, job, params in wave}
+        ran = {}
+        for future in as_completed(futures):
+            ran[futures[future]] = future.result()  # the first failure leaves the loop
+        return ran
+    except BaseException:  # a failing notebook, or Ctrl-C while waiting: start nothing more
+        for future in futures:
+            future.cancel()  # only the queued ones; the running ones finish (the pool waits for them)
+        raise
     finally:
+        pool.shutdown(wait=True)
         for var, value in saved.items():
             if value is None:
                 os.environ.pop(var, None)
