@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from triphase.runs.config import ConfigError, load_run_config
+from triphase.runs.config import ConfigError, check_scheduler, load_run_config
 
 
 def test_presets_load_and_fill_notebooks():
@@ -140,3 +140,26 @@ def test_unannotated_types_come_from_the_default():
 def test_notebook_workers_default_to_auto_and_accept_a_number():
     assert load_run_config({}).notebook_workers == min(2, os.cpu_count() or 1)
     assert load_run_config({"notebook_workers": 3}).notebook_workers == 3
+
+
+@pytest.mark.parametrize("value", ["local", {"local": {"n_workers": 2, "threads_per_worker": 1}},
+                                   {"local": {"gpus": 2}}, {"address": "tcp://10.0.0.5:8786"},
+                                   {"slurm": {"cores": 8, "memory": "64GB", "gpus": 1,
+                                              "adapt": {"minimum": 0, "maximum": 4}}}])
+def test_normalised_scheduler_validates_to_itself(value):
+    normal = check_scheduler(value)
+    assert check_scheduler(normal) == normal
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"kind": "local", "n_workers": 0}, "field 'scheduler.local.n_workers' must be a positive integer, got 0"),
+    ({"kind": "local", "workers": 2}, "field 'scheduler.local': unknown field 'workers'"),
+    ({"kind": "slurm", "cores": 4}, "field 'scheduler.slurm' lacks memory"),
+    ({"kind": "address", "address": "localhost"}, "field 'scheduler.address' must be a scheduler address"),
+    ({"kind": "pbs"}, "field 'scheduler.kind' must be one of local, address, slurm, got 'pbs'"),
+])
+def test_scheduler_in_normalised_form_is_still_validated(value, message):
+    """A mapping with a ``kind`` key (the normalised form) is checked like the YAML form, not trusted."""
+    with pytest.raises(ConfigError) as err:
+        check_scheduler(value, "run.yaml")
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -403,6 +403,8 @@ def test_internal_boundaries():
     assert change.loc[("induction_score", "onset"), "ci_high"] == pytest.approx(x[6])
     constant = internal_change_points(internal.assign(value=1.0))
     assert not constant["found"].any()
+    empty = internal_change_points(internal.iloc[:0])
+    assert empty.empty and list(empty.columns) == list(internal_change_points(internal).columns)
 
 
 def test_alignment_table_is_tidy_and_flags_overlap(tmp_path):

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from triphase.internal.change_points import OUTPUT_COLUMNS as _CHANGE_POINT_COLUMNS
 from triphase.internal.change_points import internal_change_points as _internal_change_points
 from triphase.phases.inference import PhaseResult, detect_phases
 from triphase.phases.piecewise import (
@@ -390,6 +391,8 @@ def internal_change_points(internal_df: pd.DataFrame, layer=None, measures=None,
         axis = _axis(srows)
         frames.append(_internal_change_points(srows, layer=layer, measures=measures,
                                               x_of=dict(zip(axis["checkpoint"], axis["x"])), **kwargs))
+    if not frames:  # an empty internal table (no chosen checkpoint had internal rows): no change points
+        return pd.DataFrame(columns=_CHANGE_POINT_COLUMNS + ["reason"])
     return pd.concat(frames, ignore_index=True)
 
 

@@ -278,8 +278,15 @@ def check_scheduler(value, source: str = "<dict>") -> dict:
     ...
     triphase.runs.config.ConfigError: <dict>: field 'scheduler.slurm' lacks memory (required: cores, memory)
     """
-    if isinstance(value, dict) and value.get("kind") in SCHEDULER_KINDS:
-        return dict(value)  # already normalised (a RunConfig validated twice)
+    if isinstance(value, dict) and "kind" in value:
+        # an already normalised scheduler (a RunConfig validated twice, or written by hand in that form):
+        # turned back into the YAML form and validated like any other, never trusted as it is
+        kind = value["kind"]
+        if kind not in SCHEDULER_KINDS:
+            raise ConfigError(f"{source}: field 'scheduler.kind' must be one of {', '.join(SCHEDULER_KINDS)}, "
+                              f"got {kind!r}")
+        rest = {key: option for key, option in value.items() if key != "kind" and option is not None}
+        value = {kind: rest.get("address")} if kind == "address" else {kind: rest}
     if value == "local" or value is None:
         return dict(DEFAULT_SCHEDULER)
     if not isinstance(value, dict) or len(value) != 1 or next(iter(value)) not in SCHEDULER_KINDS:
