@@ -3,6 +3,7 @@ the SLURM job script, and deleting a checkpoint's weights once its results are c
 from __future__ import annotations
 
 import ast
+import contextlib
 import os
 import shutil
 import signal
@@ -11,6 +12,7 @@ from importlib import resources
 from inspect import signature
 
 import nbformat
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -201,6 +203,69 @@ def test_local_cluster_of_two_workers_gives_the_serial_tables(serial_tables, ses
     assert not (tmp_path / "home" / "results" / "organism-tiny" / "simulated-sim01").exists()  # units write no tables
     _no_model_loads(monkeypatch)
     _assert_identical(_reduce(cfg), serial_tables)
+
+
+def _count_weight_reads(monkeypatch) -> list:
+    """The sources ``from_pretrained`` reads from now on (the real loader still runs)."""
+    import transformers
+
+    real = transformers.AutoModelForCausalLM.from_pretrained
+    reads = []
+
+    def counting(source, *args, **kwargs):
+        reads.append(str(source))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", counting)
+    return reads
+
+
+def _cached_results(home) -> dict:
+    """Every file the sweeps cached under ``home`` (all but the organism), read: relative path -> content."""
+    cached = {}
+    for path in sorted(home.rglob("*")):
+        relative = path.relative_to(home)
+        if not path.is_file() or relative.parts[0] == "organism":
+            continue
+        if path.suffix == ".parquet":
+            table = pd.read_parquet(path)
+            cached[str(relative)] = table.drop(columns=[c for c in table.columns if c.endswith("seconds")])
+        elif path.suffix == ".npy":
+            cached[str(relative)] = np.load(path, allow_pickle=False)
+        else:
+            cached[str(relative)] = path.read_bytes()
+    return cached
+
+
+@pytest.mark.slow
+def test_a_unit_reads_the_weights_once_and_caches_what_separate_loads_cache(tiny_organism, session_home, tmp_path,
+                                                                            monkeypatch):
+    home = _home_with_organism(tmp_path / "home", session_home, monkeypatch)
+    unit = engine.plan_units(notebook_jobs(_tiny_reduced()))[0]  # the final checkpoint: its own CKA reference
+    assert unit.final and [notebook for notebook, _ in unit.calls] == list(engine.SWEEP_ORDER)
+    reads = _count_weight_reads(monkeypatch)
+    with monkeypatch.context() as separately:  # as before the shared scope: each sweep loads for itself
+        separately.setattr(engine, "one_load_per_checkpoint", contextlib.nullcontext)
+        assert engine.run_unit(unit, {})["status"] == "done"
+    checkpoint = next(c for c in get_series(unit.series).checkpoints if c.name == unit.checkpoint)  # in this home
+    assert reads == [checkpoint.source] * 3  # brain, tasks, internal states
+    separate = _cached_results(home)
+    assert any(name.endswith(".npy") for name in separate) and any("tasks" in name for name in separate)
+    for folder in home.iterdir():
+        if folder.name != "organism":
+            shutil.rmtree(folder)
+    reads.clear()
+    assert engine.run_unit(unit, {})["status"] == "done"
+    assert reads == [checkpoint.source]
+    shared = _cached_results(home)
+    assert sorted(shared) == sorted(separate)
+    for name, content in separate.items():
+        if isinstance(content, pd.DataFrame):
+            pd.testing.assert_frame_equal(shared[name], content, check_exact=True, obj=name)
+        elif isinstance(content, np.ndarray):
+            np.testing.assert_array_equal(shared[name], content, err_msg=name, strict=True)
+        else:
+            assert shared[name] == content, name
 
 
 class KillOnce(distributed.WorkerPlugin):

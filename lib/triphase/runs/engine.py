@@ -40,6 +40,7 @@ from triphase.brain.sweep import brain_alignment
 from triphase.internal.sweep import internal_states
 from triphase.models.checkpoints import select_checkpoints
 from triphase.models.hub import delete_checkpoint_weights, is_hub_checkpoint
+from triphase.models.loading import one_load_per_checkpoint
 from triphase.models.series import get_series
 from triphase.runs.template import notebook_parameters
 from triphase.tasks.sweep import downstream_tasks
@@ -227,6 +228,12 @@ def run_unit(unit: Unit, environment: dict, delete_weights: bool = False, gpus: 
     once every sweep of the unit has returned (each writes its cache before
     returning); the final checkpoint's are deleted by the driver at the end
     (other units may still read them for the CKA reference).
+
+    The sweeps run inside
+    :func:`triphase.models.loading.one_load_per_checkpoint`: the checkpoint's
+    weights are read once for all of them (the internal-states sweep gets the
+    same model switched to eager attention) and freed when the unit ends;
+    every cached result is identical to that of separate loads.
     """
     os.environ.update(environment)
     if gpus:
@@ -234,12 +241,13 @@ def run_unit(unit: Unit, environment: dict, delete_weights: bool = False, gpus: 
     started = time.perf_counter()
     result = {"series": unit.series, "checkpoint": unit.checkpoint, "status": "done", "freed_bytes": 0,
               "pid": os.getpid()}
-    for notebook, kwargs in unit.calls:
-        try:
-            _call_sweep(notebook, kwargs)
-        except FileNotFoundError as exc:  # a missing branch or snapshot: the notebook skips it by name
-            result.update(status="missing", reason=" ".join(str(exc).split()))
-            break
+    with one_load_per_checkpoint():  # the sweeps share one read of the weights (freed when the unit ends)
+        for notebook, kwargs in unit.calls:
+            try:
+                _call_sweep(notebook, kwargs)
+            except FileNotFoundError as exc:  # a missing branch or snapshot: the notebook skips it by name
+                result.update(status="missing", reason=" ".join(str(exc).split()))
+                break
     if delete_weights and unit.hub and not unit.final and result["status"] == "done":
         result["freed_bytes"] = _delete_weights(unit)
     result["seconds"] = time.perf_counter() - started
