@@ -314,3 +314,46 @@ def test_layer_measures_control_task_exposes_type_memorisation():
 def test_textset_types_are_word_forms():
     text = ist.TextSet("t", ["a"], [["The", "dog.", "the"]])
     assert text.types.tolist() == ["the", "dog", "the"]
+
+
+def test_heldout_text_latent_labels_follow_the_story_world_state():
+    from triphase.models.storyworld import LATENT_NAMES, PLACES, stimulus_stories
+
+    text = ist.heldout_text(3, seed=4)
+    stories = stimulus_stories(3, seed=4 + ist.INTERNAL_STORY_SEED_OFFSET)
+    latent = np.concatenate([s.latent for s in stories])
+    location = text.labels["location"]
+    assert location.shape == (text.n_words,) and set(location) <= set(PLACES)
+    np.testing.assert_array_equal(latent[np.arange(text.n_words), [PLACES.index(p) for p in location]], 1.0)
+    np.testing.assert_array_equal(text.labels["tension"], latent[:, LATENT_NAMES.index("tension")])
+    # a state, not a word property: the same word type is seen in different locations
+    types = text.types
+    per_type = {t: set(location[types == t]) for t in set(types)}
+    assert max(len(places) for places in per_type.values()) > 3
+
+
+def test_latent_state_probe_reads_a_tracked_state_and_its_control_does_not():
+    """Planted: states = word-type vector (+ the protagonist's location one-hot when 'tracked'). Only the
+    tracking representation reads the location; the per-type control stays low for both, so selectivity
+    separates them; tension (a leaky integral) is read only when planted."""
+    from triphase.models.storyworld import PLACES
+
+    text = ist.heldout_text(6, seed=2)
+    rng = np.random.default_rng(0)
+    vocabulary, index = np.unique(text.types, return_inverse=True)
+    word_only = rng.standard_normal((vocabulary.size, 32))[index]
+    one_hot = (text.labels["location"][:, None] == np.array(PLACES)[None, :]).astype(float)
+    tension = text.labels["tension"][:, None]
+    tracked = np.hstack([word_only, 3 * one_hot + 0.1 * rng.standard_normal(one_hot.shape), tension])
+    labels = {name: text.labels[name] for name in ist.LATENT_PROBES}
+    measures = {name: ist.layer_measures(x, x[:200], labels, text.story_index, list(ist.LATENT_PROBES), 3,
+                                         seed=0, types=text.types)
+                for name, x in (("word_only", word_only), ("tracked", tracked))}
+    tracked_out, word_out = measures["tracked"], measures["word_only"]
+    chance = tracked_out["probe_location_chance"]
+    assert tracked_out["probe_location_accuracy"] > 0.8 and word_out["probe_location_accuracy"] < chance + 0.1
+    # the control (one random place per word type) is fit as well by both: it measures type memorisation
+    assert abs(tracked_out["probe_location_accuracy_control"] - word_out["probe_location_accuracy_control"]) < 0.1
+    assert tracked_out["probe_location_accuracy_selectivity"] > word_out["probe_location_accuracy_selectivity"] + 0.5
+    assert tracked_out["probe_tension_r2"] > 0.95 and word_out["probe_tension_r2"] < 0.1
+    assert tracked_out["probe_location_chance"] < 0.3

@@ -85,12 +85,12 @@ from triphase.models.integrity import (
     remember_identity,
     write_flags,
 )
-from triphase.models.loading import load_checkpoint, release
+from triphase.models.loading import load_checkpoint, release, switch_attention
 from triphase.models.series import CheckpointSeries, get_series
-from triphase.models.storyworld import stimulus_stories
+from triphase.models.storyworld import LATENT_NAMES, PLACES, stimulus_stories
 
 #: Bump when any measure's computation changes (keys the per-checkpoint cache).
-INTERNAL_RESULTS_VERSION = 2
+INTERNAL_RESULTS_VERSION = 3
 INTERNAL_TABLE = "internal.parquet"
 #: Seed offset of the held-out analysis stories: distinct from the simulated
 #: participant's stimuli and from the organism's held-out-loss stories.
@@ -101,7 +101,7 @@ DEFAULT_N_STORIES = 8
 DEFAULT_TOKEN_BUDGET = 2048
 DEFAULT_INDUCTION_LENGTH = 32
 DEFAULT_INDUCTION_SEQUENCES = 16
-DEFAULT_PROBES = ("pos", "depth", "frequency", "position")
+DEFAULT_PROBES = ("pos", "depth", "frequency", "position", "location", "tension")
 #: Probes of wider models see this many top principal components of the word states.
 DEFAULT_PROBE_COMPONENTS = 256
 #: Punctuation that ends a sentence (for the position-in-sentence label of any text).
@@ -114,7 +114,12 @@ PROBES = {
     "depth": ("regression", "depth of the word in the parse tree (story-world gold label)"),
     "frequency": ("regression", "word frequency, Zipf scale (wordfreq)"),
     "position": ("regression", "position of the word in its sentence (0 = first)"),
+    # the story world's latent state: not written in the word, it has to be tracked through the story
+    "location": ("classification", "where the story's protagonist is (story-world latent state)"),
+    "tension": ("regression", "narrative tension, a leaky integral of dramatic events (story-world latent state)"),
 }
+#: Probes of the story world's latent state (held-out text only).
+LATENT_PROBES = ("location", "tension")
 #: Every measure of the table: name -> (level, description).
 MEASURES = {
     "lm_loss_heldout": ("checkpoint", "next-token cross-entropy (nats/token) on held-out story-world stories"),
@@ -139,7 +144,8 @@ MEASURES = {
                             ("_control", "the same probe on the control task (one random label per word type, "
                                          "Hewitt & Liang 2019)"),
                             ("_selectivity", "probe score minus control-task score"))},
-    "probe_pos_chance": ("layer", "majority-class share of the part-of-speech labels"),
+    **{f"probe_{name}_chance": ("layer", f"majority-class share of the labels: {text}")
+       for name, (kind, text) in PROBES.items() if kind == "classification"},
 }
 TABLE_COLUMNS = ["series", "checkpoint", "step", "tokens_seen", "tier", "layer", "head", "measure", "value"]
 
@@ -228,13 +234,18 @@ def word_frequencies(forms: Sequence[str], language: str = "en") -> np.ndarray:
 
 
 def heldout_text(n_stories: int = DEFAULT_N_STORIES, seed: int = 0, language: str = "en") -> TextSet:
-    """Held-out story-world stories with gold labels (pos, depth) and frequency/position labels.
+    """Held-out story-world stories with gold labels (pos, depth), frequency/position labels and the latent state.
+
+    ``location`` (where the protagonist is) and ``tension`` come from the
+    story world's latent state (:attr:`triphase.models.storyworld.Story.latent`):
+    no word spells them out, so a probe reads them only from a representation
+    that tracks the story.
 
     Examples
     --------
     >>> text = heldout_text(2)
     >>> sorted(text.labels)
-    ['depth', 'frequency', 'pos', 'position']
+    ['depth', 'frequency', 'location', 'pos', 'position', 'tension']
     """
 
     if n_stories < 1:
@@ -242,11 +253,15 @@ def heldout_text(n_stories: int = DEFAULT_N_STORIES, seed: int = 0, language: st
     stories = stimulus_stories(n_stories, seed=seed + INTERNAL_STORY_SEED_OFFSET)
     words = [[w.text for w in s.words] for s in stories]
     flat = [w for s in stories for w in s.words]
+    latent = np.concatenate([s.latent for s in stories]).astype(np.float64)
     labels = {
         "pos": np.array([w.pos for w in flat]),
         "depth": np.array([w.depth for w in flat], dtype=np.float64),
         "frequency": word_frequencies([w.form for w in flat], language),
         "position": np.array([w.position for w in flat], dtype=np.float64),
+        # the world state known after each word's sentence so far (Story.latent): one place per story step
+        "location": np.array(PLACES)[np.argmax(latent[:, :len(PLACES)], axis=1)],
+        "tension": latent[:, LATENT_NAMES.index("tension")],
     }
     return TextSet("heldout", [s.story_id for s in stories], words, " ", labels)
 
@@ -271,12 +286,7 @@ def use_eager_attention(model) -> None:
     transformers 5 returns an empty ``attentions`` tuple (with a warning) from
     SDPA / flash attention when ``output_attentions=True``.
     """
-    config = getattr(model, "config", None)
-    if getattr(config, "_attn_implementation", "eager") != "eager":
-        if not hasattr(model, "set_attn_implementation"):
-            raise RuntimeError("the model does not use eager attention and cannot be switched; "
-                               "load it with attn_implementation='eager'")
-        model.set_attn_implementation("eager")
+    switch_attention(model, "eager")
 
 
 def _n_blocks(model) -> int:
@@ -745,7 +755,7 @@ def internal_states(
         Held-out story-world stories (groups of the probes' cross-validation).
     token_budget : int
         Words subsampled (seeded, same at every checkpoint) for TwoNN, PCA and CKA.
-    probes : sequence of {"pos", "depth", "frequency", "position"}
+    probes : sequence of {"pos", "depth", "frequency", "position", "location", "tension"}
         Probes to fit (gold grammar labels exist only for the held-out story-world text).
     probe_splits : int
         Cross-validation folds; stories are held out together.
