@@ -96,6 +96,18 @@ def test_training_curve_and_task_metrics_carry_the_tier():
     assert fig.texts[-1].get_text() == EMBEDDED
 
 
+def test_training_curve_marks_every_checkpoint():
+    log = pd.DataFrame({"tokens_seen": [0, 100, 200, 300, 400], "train_loss": [None, 5.0, 4.0, 3.5, 3.0],
+                        "heldout_loss": [6.1, 5.1, None, None, 3.2], "checkpoint": [True, True, False, True, True]})
+    ax = plot_training_curve(log)
+    ticks = ax.get_lines()[2]
+    # the flagged checkpoints after step0 (step0 has no place on this log axis), in axes coordinates at the bottom
+    assert ticks.get_xdata().tolist() == [100, 300, 400] and ticks.get_ydata().tolist() == [0.0, 0.0, 0.0]
+    assert ticks.get_label() == "checkpoints (3 after step 0)"
+    without_flag = plot_training_curve(log.drop(columns="checkpoint"), ax=plt.figure().gca())
+    assert without_flag.get_lines()[2].get_xdata().tolist() == [100, 400]  # the rows with a held-out loss
+
+
 @pytest.fixture()
 def records(run_home):
     models, _ = read_run_tables(["synthetic-a", "synthetic-b"], DATASET, ["sim01", "sim02"])

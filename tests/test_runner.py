@@ -365,8 +365,36 @@ def test_a_failing_notebook_of_a_wave_stops_the_run():
         runner_module._execute_wave(wave, 2, execute)
 
 
-def test_synthesis_waits_for_the_others():
-    plan = [(n, {}, {}) for n in ("00_organism", "04_phases", "02_internal_states", "01_brain_alignment")]
+def test_synthesis_and_organism_wait_for_the_tables():
+    plan = [(n, {}, {}) for n in ("00_organism", "04_phases", "02_internal_states", "01_brain_alignment",
+                                  "03_downstream_tasks")]
     first, last = notebook_waves(plan)
-    assert [name for _, name, _, _ in first] == ["01_brain_alignment", "02_internal_states", "00_organism"]
-    assert [(index, name) for index, name, _, _ in last] == [(2, "04_phases")]
+    # the notebooks that write internal.parquet / tasks.parquet / brain.parquet run first, slowest first
+    assert [name for _, name, _, _ in first] == ["01_brain_alignment", "03_downstream_tasks", "02_internal_states"]
+    # the organism chapter reads internal.parquet and tasks.parquet: it waits with the synthesis
+    assert [(index, name) for index, name, _, _ in last] == [(2, "04_phases"), (1, "00_organism")]
+
+
+def test_organism_alone_is_one_wave():
+    plan = [(n, {}, {}) for n in ("00_organism",)]
+    assert [[name for _, name, _, _ in wave] for wave in notebook_waves(plan)] == [["00_organism"]]
+
+
+def test_the_organism_chapter_is_keyed_by_the_tables_it_reads(stub_book, fresh_home):
+    """00_organism shows internal.parquet and tasks.parquet: a new or changed table changes its inputs."""
+    root, _, config = stub_book
+    cfg = load_run_config({**config, "subjects": ["sub01", "sub02"]}, root=root)
+    (job,) = _jobs(cfg, "series", "00_organism")
+    assert job["parameters"]["subject"] == "sub01"
+    before = job["inputs"]()
+    assert before["tables"] == {"brain.parquet": "absent", "internal.parquet": "absent", "tasks.parquet": "absent"}
+    folder = results_dir("stub", "generic", "sub01")
+    (folder / "tasks.parquet").write_text("first")
+    first = job["inputs"]()
+    (folder / "tasks.parquet").write_text("second")
+    second = job["inputs"]()
+    assert len({str(before), str(first), str(second)}) == 3
+    assert first["commits"] == before["commits"]
+    # a notebook that reads no tables is keyed by its series alone
+    (plain,) = _jobs(cfg, "series", "05_validation")
+    assert "tables" not in plain["inputs"]() and "subject" not in plain["parameters"]

@@ -54,6 +54,7 @@ _LAZY = {
     "downstream_tasks": "tasks.sweep",
     # phases
     "detect_phases": "phases.inference", "describe_phases": "phases.text", "alignment_table": "phases.table",
+    "learning_report": "phases.learning", "learning_sentences": "phases.learning",
     # runs
     "load_run_config": "runs.config", "run": "runs.runner", "execute_notebook": "runs.runner",
     "build_book": "runs.runner",

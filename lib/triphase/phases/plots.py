@@ -1,16 +1,30 @@
 """Plots of phase fits: the curve, its piecewise-linear fit, segments coloured by label, breakpoint intervals;
-and the synthesis chapter's three perspectives of one model on one axis.
+the synthesis chapter's three perspectives of one model on one axis; and what a model learned, at a glance.
 """
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
+from triphase.internal.sweep import DEFAULT_INDUCTION_LENGTH
 from triphase.phases.boundaries import INSTRUCTION, INTERNAL, OVERALL_TASK, SOLVING
 from triphase.phases.inference import PhaseResult
+from triphase.phases.learning import (
+    FOLLOWING_GOAL,
+    ICL_GAIN_GOAL,
+    INDUCTION_SCORE_GOAL,
+    SOLVING_GOAL,
+    icl_curve,
+    induction_curve,
+    latent_probe_curves,
+    model_curve,
+    task_curves,
+    uniform_induction_score,
+)
 from triphase.phases.piecewise import SEGMENT_COLOURS
 from triphase.phases.synthesis import brain_replicates, layer_description, pooled_task_curve
-from triphase.plotting import stamp_tier, tier_label
+from triphase.plotting import STEP0_POSITION, stamp_tier, tier_label
 
 #: Lowest y of the task panel: chance-corrected solving can fall below 0.
 SOLVING_AXIS_FLOOR = -0.3
@@ -255,3 +269,183 @@ def plot_validation(table, statistics, goal: float | None = None, title: str | N
     ax.set_title(title or "validation by simulation")
     stamp_tier(ax.figure, "simulation")
     return ax
+
+
+# --------------------------------------------------------------------------- what the organism learned
+
+#: Panels of :func:`plot_learning_at_a_glance`, top to bottom.
+GLANCE_PANELS = ("loss", "induction", "icl", "tasks", "latent_probes")
+#: Legends beside the panels (the curves fill the panels' width).
+_GLANCE_LEGEND = {"frameon": False, "fontsize": 7, "loc": "upper left", "bbox_to_anchor": (1.01, 1.0)}
+
+
+def _glance_positions(*token_arrays):
+    """x positions shared by every panel: step0 at :data:`~triphase.plotting.STEP0_POSITION` times the
+    smallest positive tokens_seen of all the tables (as :func:`triphase.plotting.log_positions` does per table)."""
+    tokens = np.concatenate([np.asarray(t, dtype=float) for t in token_arrays if t is not None])
+    positive = tokens[tokens > 0]
+    floor = positive.min() * STEP0_POSITION if positive.size else 1.0
+    return lambda values: np.where(np.asarray(values, dtype=float) > 0, np.asarray(values, dtype=float), floor)
+
+
+def _glance_tier(tier, *tables) -> str:
+    if tier is not None:
+        return tier
+    tiers = {t for table in tables if table is not None and "tier" in table for t in table["tier"].unique()}
+    return tiers.pop() if len(tiers) == 1 else "embedded"
+
+
+def _log_checkpoints(log):
+    """The training log's checkpoint rows: its ``checkpoint`` flag, else the rows with a held-out loss."""
+    if "checkpoint" in log:
+        return log[log["checkpoint"].astype(bool)]
+    return log.dropna(subset=["heldout_loss"])
+
+
+def plot_learning_at_a_glance(log, internal_df, tasks_df, few_shot: int = 0, tier: str | None = None,
+                              unigram_entropy: float | None = None,
+                              induction_length: int = DEFAULT_INDUCTION_LENGTH):
+    """What a model learned over training, in five panels sharing a log tokens-seen axis.
+
+    (a) training and held-out loss with every checkpoint marked by a tick at
+    the bottom; (b) the best prefix-matching (induction) score over layers with
+    the uniform-attention reference and issue 14's goal; (c) the in-context loss
+    gain with its goal; (d) per task family, format following (dashed) and
+    chance-corrected solving (solid, with its CI band) with their goals; (e) the
+    latent-state probes at their best layer (their control task dotted). Step 0
+    is drawn at the left edge (half the first positive tokens_seen). A panel
+    whose table or measure is missing says "not computed".
+
+    Parameters
+    ----------
+    log : DataFrame or None
+        The organism's training log (:func:`triphase.models.organism.training_log`:
+        ``tokens_seen``, ``train_loss``, ``heldout_loss`` and a boolean
+        ``checkpoint``); None for a series without one (the held-out loss then
+        comes from the internal table's ``lm_loss_heldout``).
+    internal_df, tasks_df : DataFrame or None
+        ``internal.parquet`` and ``tasks.parquet`` of the series.
+    few_shot : int
+        Few-shot count of the task curves.
+    tier : {"embedded", "real"}, optional
+        Written in the title; by default the tables' tier.
+    unigram_entropy : float, optional
+        Drawn in the loss panel (nats/token).
+    induction_length : int
+        Repeat length of the induction measure (for the uniform-attention reference).
+
+    Returns
+    -------
+    matplotlib Figure
+        Axes in the order of :data:`GLANCE_PANELS`; the title says the tier.
+
+    Examples
+    --------
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> import pandas as pd
+    >>> log = pd.DataFrame({"tokens_seen": [0, 100, 200], "train_loss": [None, 4.0, 3.0],
+    ...                     "heldout_loss": [6.1, 4.2, 3.2], "checkpoint": True})
+    >>> fig = plot_learning_at_a_glance(log, None, None, tier="embedded")
+    >>> len(fig.axes), fig.axes[0].get_lines()[1].get_ydata().tolist()
+    (5, [6.1, 4.2, 3.2])
+    """
+    internal_df = internal_df if internal_df is not None and len(internal_df) else None
+    tasks_df = tasks_df if tasks_df is not None and len(tasks_df) else None
+    if log is None and internal_df is None and tasks_df is None:
+        raise ValueError("log, internal_df and tasks_df are all missing: nothing to plot")
+    tier = _glance_tier(tier, internal_df, tasks_df)
+    x_of = _glance_positions(*(t["tokens_seen"] for t in (log, internal_df, tasks_df) if t is not None))
+    fig, axes = plt.subplots(len(GLANCE_PANELS), 1, figsize=(11, 13), sharex=True)
+    loss_ax, induction_ax, icl_ax, task_ax, probe_ax = axes
+
+    # (a) loss, checkpoints as ticks along the bottom
+    if log is not None:
+        trained = log.dropna(subset=["train_loss"])
+        loss_ax.plot(x_of(trained["tokens_seen"]), trained["train_loss"], lw=0.8, alpha=0.6,
+                     label="train loss (batch)")
+        held = log.dropna(subset=["heldout_loss"])
+        loss_ax.plot(x_of(held["tokens_seen"]), held["heldout_loss"], "o-", ms=3, label="held-out loss")
+        marked = _log_checkpoints(log)["tokens_seen"]
+    else:
+        marked = pd.concat([t["tokens_seen"] for t in (internal_df, tasks_df) if t is not None]).drop_duplicates()
+        heldout = model_curve(internal_df, "lm_loss_heldout") if internal_df is not None else None
+        if heldout is not None and len(heldout):
+            loss_ax.plot(x_of(heldout["tokens_seen"]), heldout["value"], "o-", ms=3,
+                         label="held-out loss (lm_loss_heldout)")
+        else:
+            _not_computed(loss_ax, "training log")
+    marked = np.sort(np.unique(np.asarray(marked, dtype=float)))
+    loss_ax.plot(x_of(marked), np.zeros(len(marked)), "|", ms=10, color="k",
+                 transform=loss_ax.get_xaxis_transform(), label=f"checkpoints ({len(marked)})")
+    if unigram_entropy is not None:
+        loss_ax.axhline(unigram_entropy, color="0.3", ls="--", lw=1, label=f"unigram entropy ({unigram_entropy:.2f})")
+    loss_ax.set_ylabel("cross-entropy\n(nats / token)")
+    loss_ax.legend(**_GLANCE_LEGEND)
+
+    # (b) induction head
+    induction = induction_curve(internal_df) if internal_df is not None else None
+    if induction is not None and len(induction):
+        induction_ax.plot(x_of(induction["tokens_seen"]), induction["value"], "o-", ms=3, color="tab:red",
+                          label="induction score (best layer)")
+        induction_ax.axhline(uniform_induction_score(induction_length), color="0.4", ls="--", lw=0.8,
+                             label="uniform attention")
+        induction_ax.axhline(INDUCTION_SCORE_GOAL, color="tab:red", ls=":", lw=1,
+                             label=f"goal {INDUCTION_SCORE_GOAL:g}")
+        induction_ax.set_ylim(0, max(1.1 * INDUCTION_SCORE_GOAL, 1.05 * float(induction["value"].max())))
+        induction_ax.legend(**_GLANCE_LEGEND)
+    else:
+        _not_computed(induction_ax, "induction score")
+    induction_ax.set_ylabel("prefix-matching\nscore")
+
+    # (c) in-context gain
+    icl = icl_curve(internal_df) if internal_df is not None else None
+    if icl is not None and len(icl):
+        icl_ax.plot(x_of(icl["tokens_seen"]), icl["value"], "o-", ms=3, color="tab:green",
+                    label="in-context loss gain")
+        icl_ax.axhline(0.0, color="0.4", ls="--", lw=0.8, label="no gain")
+        icl_ax.axhline(ICL_GAIN_GOAL, color="tab:green", ls=":", lw=1, label=f"goal {ICL_GAIN_GOAL:g}")
+        icl_ax.legend(**_GLANCE_LEGEND)
+    else:
+        _not_computed(icl_ax, "in-context gain")
+    icl_ax.set_ylabel("second minus first\nrepeat (nats / token)")
+
+    # (d) task families
+    if tasks_df is not None:
+        following = task_curves(tasks_df, "instruction_following", few_shot)
+        solving = task_curves(tasks_df, "solving", few_shot)
+        for i, family in enumerate(sorted(set(following["task"]) | set(solving["task"]))):
+            rows = following[following["task"] == family]
+            task_ax.plot(x_of(rows["tokens_seen"]), rows["value"], "--", lw=1, color=f"C{i}",
+                         label=f"{family}: format following")
+            rows = solving[solving["task"] == family]
+            xs = x_of(rows["tokens_seen"])
+            task_ax.plot(xs, rows["value"], "o-", ms=3, color=f"C{i}", label=f"{family}: solving")
+            task_ax.fill_between(xs, rows["ci_low"], rows["ci_high"], color=f"C{i}", alpha=0.12, lw=0)
+        task_ax.axhline(FOLLOWING_GOAL, color="0.4", ls="--", lw=0.8)
+        task_ax.axhline(SOLVING_GOAL, color="0.4", ls=":", lw=0.8)
+        task_ax.set_ylim(SOLVING_AXIS_FLOOR, 1.02)
+        task_ax.legend(**_GLANCE_LEGEND)
+    else:
+        _not_computed(task_ax, "downstream tasks")
+    task_ax.set_ylabel(f"share / chance-corrected\n({few_shot}-shot; goals grey)")
+
+    # (e) latent-state probes
+    probes = latent_probe_curves(internal_df) if internal_df is not None else None
+    if probes is not None and len(probes):
+        for i, (probe, rows) in enumerate(probes.groupby("probe", sort=True)):
+            xs = x_of(rows["tokens_seen"])
+            probe_ax.plot(xs, rows["score"], "o-", ms=3, color=f"C{i + 4}", label=f"{probe} (best layer)")
+            probe_ax.plot(xs, rows["control"], ":", lw=1, color=f"C{i + 4}", label=f"{probe} control task")
+        probe_ax.legend(**_GLANCE_LEGEND)
+    else:
+        _not_computed(probe_ax, "latent-state probes")
+    probe_ax.set_ylabel("probe score\n(accuracy / R²)")
+
+    for ax, letter in zip(axes, "abcde"):
+        ax.set_xscale("log")
+        ax.set_title(f"({letter})", loc="left", fontsize=9)
+    probe_ax.set_xlabel("tokens seen (log; step 0 at the left edge)")
+    fig.suptitle(f"What the model learned, at a glance\n{tier_label(tier)}", fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -86,9 +86,14 @@ KERNEL_NAME = "triphase"
 #: which loop a notebook runs in: once per series, per (series, subject), or once overall
 NOTEBOOK_SCOPE = {"00_organism": "series", "04_phases": "synthesis", "05_validation": "once"}
 DEFAULT_SCOPE = "subject"
-#: side by side (notebook_workers > 1) these start first, slowest first (measured on the default run:
-#: brain 312 s, tasks 136 s, internal 71 s, validation 57 s, organism 11 s)
-LONGEST_FIRST = ("01_brain_alignment", "03_downstream_tasks", "02_internal_states", "05_validation", "00_organism")
+#: side by side (notebook_workers > 1) these start first in their wave, slowest first (measured on the default
+#: run: brain 312 s, tasks 136 s, internal 71 s, validation 57 s, organism 11 s; the synthesis, which shares the
+#: last wave with the organism, resamples curves and is put before it)
+LONGEST_FIRST = ("01_brain_alignment", "03_downstream_tasks", "02_internal_states", "05_validation", "04_phases",
+                 "00_organism")
+#: notebooks that read the tables of the others (besides the synthesis): they run in the last wave, with it.
+#: 00_organism shows what the organism learned from internal.parquet and tasks.parquet (issue 14).
+READS_TABLES = ("00_organism",)
 #: the thread counts a kernel's BLAS and torch read when they start
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: the results tables each notebook writes into a model's results folder (the synthesis: into every model's);
@@ -541,6 +546,13 @@ def _job_inputs(series_spec, checkpoints, data: tuple | None = None) -> dict:
     return inputs
 
 
+def _reader_inputs(series_spec, checkpoints, folder: Path) -> dict:
+    """A series' inputs plus the hashes of the tables a :data:`READS_TABLES` notebook reads from ``folder``."""
+    inputs = _series_inputs(series_spec, checkpoints)
+    inputs["tables"] = {table: _file_hash(folder / table) for table in TABLE_FILES.values()}
+    return inputs
+
+
 def _synthesis_inputs(cfg) -> dict:
     tables = {}
     for series in cfg.series_names():
@@ -636,26 +648,30 @@ def run(config="default", force=(), build: bool = True, root: Path | None = None
 
 
 def notebook_waves(plan: list) -> list[list]:
-    """The plan's executions in the order they may run: every notebook but the synthesis, then the synthesis.
+    """The plan's executions in the order they may run: the notebooks that write tables, then those that read them.
 
     Each wave is a list of ``(index, name, job, params)`` (``index`` 1-based in
     the plan), longest notebooks first (:data:`LONGEST_FIRST`) so that side by
-    side the slowest starts at once. Only the synthesis reads other notebooks'
-    tables; the others read what training wrote.
+    side the slowest starts at once. The synthesis and the notebooks of
+    :data:`READS_TABLES` (the organism chapter) read the tables the others
+    write, so they wait for the first wave; the others read what training wrote.
 
     Examples
     --------
     >>> plan = [(n, {}, {}) for n in ("00_organism", "01_brain_alignment", "04_phases", "05_validation")]
     >>> [[name for _, name, _, _ in wave] for wave in notebook_waves(plan)]
-    [['01_brain_alignment', '05_validation', '00_organism'], ['04_phases']]
+    [['01_brain_alignment', '05_validation'], ['04_phases', '00_organism']]
     """
     numbered = [(index, name, job, params) for index, (name, job, params) in enumerate(plan, start=1)]
 
     def rank(item):
         return LONGEST_FIRST.index(item[1]) if item[1] in LONGEST_FIRST else len(LONGEST_FIRST)
 
-    first = sorted((item for item in numbered if NOTEBOOK_SCOPE.get(item[1]) != "synthesis"), key=rank)
-    last = [item for item in numbered if NOTEBOOK_SCOPE.get(item[1]) == "synthesis"]
+    def reads_tables(item):
+        return NOTEBOOK_SCOPE.get(item[1]) == "synthesis" or item[1] in READS_TABLES
+
+    first = sorted((item for item in numbered if not reads_tables(item)), key=rank)
+    last = sorted((item for item in numbered if reads_tables(item)), key=rank)
     return [wave for wave in (first, last) if wave]
 
 
@@ -762,8 +778,14 @@ def _jobs(cfg, scope: str, notebook: str | None = None, declared=None) -> list[d
     for series_spec, name in zip(cfg.series, cfg.series_names()):
         series_param = name if isinstance(series_spec, str) else series_spec
         if scope == "series":
-            jobs.append({"folder": name, "label": name, "inputs": partial(_job_inputs, series_spec, checkpoints),
-                         "parameters": {**common, "series": series_param}, "tables": []})
+            parameters = {**common, "series": series_param}
+            inputs = partial(_job_inputs, series_spec, checkpoints)
+            if notebook in READS_TABLES:
+                # it shows the first subject's tables: they are inputs, so new tables re-run it
+                parameters["subject"] = cfg.subjects[0]
+                inputs = partial(_reader_inputs, series_spec, checkpoints,
+                                 results_dir(name, cfg.dataset, cfg.subjects[0], create=False))
+            jobs.append({"folder": name, "label": name, "inputs": inputs, "parameters": parameters, "tables": []})
             continue
         for subject in cfg.subjects:
             data = (cfg.dataset, dict(cfg.dataset_options), subject) if reads_data else None
