@@ -98,7 +98,7 @@ def test_fit_matches_lstsq_and_search_matches_brute_force():
     np.testing.assert_allclose(fit.fitted[0], design @ coef, atol=1e-10)
     np.testing.assert_allclose(fit.slopes[0], np.cumsum(coef[1:]), atol=1e-10)
     # the exhaustive stage (no refinement) equals a brute-force search over interior data values
-    found, rss, _, _ = _select(x, y[:, None], max_k=2, min_points=2, grid_per_gap=0, refine_steps=0)
+    found, rss, _, _, _ = _select(x, y[:, None], max_k=2, min_points=2, grid_per_gap=0, refine_steps=0)
     best = np.inf
     for pair in itertools.combinations(x[1:-1], 2):
         counts = [np.sum((x >= a) & (x <= b)) for a, b in zip([x[0], *pair], [*pair, x[-1]])]
@@ -143,7 +143,12 @@ def test_bic_picks_zero_for_a_line_and_one_for_a_v():
     # the BIC table follows the stated formula
     r = line[0]
     row = r.bic.iloc[2]
-    assert row["bic"] == pytest.approx(n * np.log(row["rss"] / (n - 6)) + 6 * np.log(n))
+    assert row["bic"] == pytest.approx(n * np.log(row["criterion_rss"] / (n - 6)) + 6 * np.log(n))
+    assert row["criterion_rss"] != pytest.approx(row["rss"])  # the GLS fit under AR(1) noise (selection="ar1")
+    ols = detect_phases_many(x, (0.3 * x)[None] + rng.normal(0, 0.05, (1, n)), n_boot=0, n_null=0,
+                             selection="ols")[0].bic
+    np.testing.assert_allclose(ols["criterion_rss"], ols["rss"])
+    np.testing.assert_allclose(ols["bic"], n * np.log(ols["rss"] / (n - ols["n_params"])) + ols["n_params"] * np.log(n))
     assert r.bic["selected"].sum() == 1
 
 

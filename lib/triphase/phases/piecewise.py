@@ -385,8 +385,48 @@ def has_triple_pattern(labels) -> bool:
     return False
 
 
-def _select(x, curves, max_k, min_points, grid_per_gap, refine_steps):
-    """Search (+ local refinement), BIC per k and the chosen k for every curve."""
+def ar1_whitening(n: int, phi: float) -> np.ndarray:
+    """Prais-Winsten transform ``W`` of AR(1) errors: ``W e`` is white when ``e`` is AR(1) with ``phi``.
+
+    Row 0 is ``sqrt(1 - phi^2) e_0``, row ``t`` is ``e_t - phi e_(t-1)``, so
+    ``W' W = (1 - phi^2) R(phi)^-1`` with ``R_ij = phi^|i-j|``: least squares
+    on ``W y``, ``W X`` is the generalised least-squares fit under AR(1) noise.
+
+    Examples
+    --------
+    >>> ar1_whitening(3, 0.5).round(3).tolist()
+    [[0.866, 0.0, 0.0], [-0.5, 1.0, 0.0], [0.0, -0.5, 1.0]]
+    """
+    if not 0 <= phi < 1:
+        raise ValueError(f"phi must be in [0, 1), got {phi}")
+    w = np.eye(n) - phi * np.eye(n, k=-1)
+    w[0, 0] = np.sqrt(1 - phi**2)
+    return w
+
+
+def _whitened_rss(x: np.ndarray, curves: np.ndarray, breaks: np.ndarray, whitening: np.ndarray) -> np.ndarray:
+    """RSS of the GLS fits of ``curves`` (n, m) with per-curve breakpoints (m, k): inf where none exists."""
+    m = curves.shape[1]
+    out = np.full(m, np.inf)
+    ok = np.all(np.isfinite(breaks), axis=1)
+    if not ok.any():
+        return out
+    design = whitening @ _hinge_design(x, breaks[ok])                  # (m_ok, n, p)
+    white = (whitening @ curves[:, ok]).T                              # (m_ok, n)
+    q, _ = np.linalg.qr(design)
+    projected = np.einsum("mnp,mn->mp", q, white)
+    out[ok] = np.maximum((white**2).sum(axis=1) - (projected**2).sum(axis=1), 0.0)
+    return out
+
+
+def _select(x, curves, max_k, min_points, grid_per_gap, refine_steps, selection_phi: float = 0.0):
+    """Search (+ local refinement), RSS, the RSS the BIC uses, BIC per k and the chosen k for every curve.
+
+    With ``selection_phi > 0`` the BIC of each k uses the RSS of the GLS fit
+    under AR(1) noise of that coefficient at the breakpoints the search found
+    (the Gaussian AR(1) likelihood up to a constant shared by every k), so
+    slow noise is not taken for extra breakpoints.
+    """
     n = x.size
     breaks, rss = _search(x, curves, max_k, min_points, grid_per_gap)
     for k in range(1, max_k + 1):
@@ -394,12 +434,19 @@ def _select(x, curves, max_k, min_points, grid_per_gap, refine_steps):
         if ok.any():
             refined, refined_rss = _refine(x, curves[:, ok], breaks[k][ok], rss[k][ok], min_points, refine_steps)
             breaks[k][ok], rss[k][ok] = refined, refined_rss
-    centred_total = ((curves - curves.mean(axis=0)) ** 2).sum(axis=0)
-    floor = np.maximum(RSS_FLOOR_FRACTION * centred_total, np.finfo(float).tiny)
-    bic = np.stack([_bic(rss[k], k, n, floor) for k in range(max_k + 1)])  # (K, n_curves)
+    if selection_phi > 0:
+        whitening = ar1_whitening(n, selection_phi)
+        criterion = [np.where(np.isfinite(rss[k]), _whitened_rss(x, curves, breaks[k], whitening), np.inf)
+                     for k in range(max_k + 1)]
+        floor = np.maximum(RSS_FLOOR_FRACTION * criterion[0], np.finfo(float).tiny)
+    else:
+        criterion = rss
+        centred_total = ((curves - curves.mean(axis=0)) ** 2).sum(axis=0)
+        floor = np.maximum(RSS_FLOOR_FRACTION * centred_total, np.finfo(float).tiny)
+    bic = np.stack([_bic(criterion[k], k, n, floor) for k in range(max_k + 1)])  # (K, n_curves)
     if np.any(np.all(~np.isfinite(bic), axis=0)):
         raise ValueError(f"no admissible piecewise-linear fit for {n} points with min_points={min_points}")
-    return breaks, rss, bic, np.argmin(bic, axis=0)
+    return breaks, rss, criterion, bic, np.argmin(bic, axis=0)
 
 
 def _fit_chosen(x, curves, breaks, chosen) -> list[tuple[np.ndarray, _Fits]]:
