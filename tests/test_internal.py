@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from triphase._noise import ar1_noise
 from triphase.internal import change_points
 from triphase.internal import measures as internal
 
@@ -425,6 +426,25 @@ def test_change_points_noise_only_false_positive_rate_at_nominal_level():
     found = [change_points.onset(x, rng.standard_normal(23), alpha=alpha, n_null=199, n_boot=20, seed=i)["found"]
              for i in range(n_sim)]
     assert np.mean(found) <= alpha + 2 * np.sqrt(alpha * (1 - alpha) / n_sim)
+
+
+def test_change_points_hold_their_level_under_ar1_noise_and_the_independent_null_does_not():
+    """Slow noise (AR(1) phi 0.6, the assumed floor) at the organism's 23 checkpoints: the default AR(1) null keeps
+    both tests at nominal 5 %; the independent null (null_phi=0) lets the onset test reject about 29 %."""
+    x = np.arange(23.0)
+    n_sim, alpha = 300, 0.05
+    bound = alpha + 2 * np.sqrt(alpha * (1 - alpha) / n_sim)
+    rates = change_points.false_positive_rates(x, phis=(0.6,), n_sim=n_sim, alpha=alpha, seed=3).set_index("boundary")
+    assert rates.loc["largest_change", "rate"] <= bound and rates.loc["onset", "rate"] <= bound, rates
+    curves = ar1_noise(np.random.default_rng(4), 23, n_sim, 0.6, 1.0).T
+    naive = np.mean([change_points.onset(x, c, n_null=199, n_boot=0, seed=i, null_phi=0.0)["found"]
+                     for i, c in enumerate(curves)])
+    assert naive > 0.15
+    with pytest.raises(ValueError, match="null_phi"):
+        change_points.onset(x, curves[0], null_phi=1.0)
+    # no bootstrap, no interval (and no error)
+    result = change_points.largest_change(x, curves[0], n_boot=0)
+    assert np.isnan(result["ci_low"]) and np.isnan(result["ci_high"])
 
 
 def test_change_points_find_a_planted_jump_and_its_interval_covers_it():

@@ -139,6 +139,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.isotonic import IsotonicRegression
 
+from triphase._noise import ASSUMED_MIN_PHI
 from triphase.phases.noise import ar1_noise, estimate_ar1
 from triphase.phases.piecewise import (
     BOOTSTRAPS,
@@ -164,7 +165,7 @@ from triphase.phases.piecewise import (
 #: Checkpoints in the moving average of the monotone test's statistic (centred; truncated at the ends).
 MONOTONE_WINDOW = 3
 #: Assumed floor of the AR(1) coefficient of the noise between checkpoints (see "Dependent noise").
-DEFAULT_MIN_PHI = 0.6
+DEFAULT_MIN_PHI = ASSUMED_MIN_PHI
 #: Model choice: BIC of the GLS fit under AR(1) noise with ``min_phi``, or of the ordinary least-squares fit.
 SELECTIONS = ("ar1", "ols")
 

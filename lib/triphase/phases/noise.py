@@ -21,7 +21,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from triphase._noise import ar1_noise
 from triphase.phases.piecewise import AR1_GRID_SIZE, MAX_AR1
+
+__all__ = ["ar1_correlation", "ar1_noise", "estimate_ar1"]
 
 
 def ar1_correlation(n: int, phi: float) -> np.ndarray:
@@ -90,23 +93,3 @@ def estimate_ar1(residuals, design, min_phi: float = 0.0) -> tuple[float, float]
     expected_ratio = np.einsum("ij,gij->g", m @ lag @ m, correlations) / expected_total
     best = int(np.argmin(np.abs(expected_ratio - observed)))
     return float(grid[best]), float(np.sqrt(total / expected_total[best]))
-
-
-def ar1_noise(rng, n: int, n_draws: int, phi: float, sigma: float) -> np.ndarray:
-    """Gaussian AR(1) noise, stationary from the first value, shape ``(n, n_draws)``.
-
-    Examples
-    --------
-    >>> e = ar1_noise(np.random.default_rng(0), 2, 200_000, 0.5, 2.0)
-    >>> round(float(e.std()), 1), round(float(np.corrcoef(e)[0, 1]), 2)
-    (2.0, 0.5)
-    """
-    if not 0 <= phi < 1:
-        raise ValueError(f"phi must be in [0, 1), got {phi}")
-    z = rng.normal(size=(n, n_draws))
-    e = np.empty((n, n_draws))
-    e[0] = z[0]
-    innovation = np.sqrt(1 - phi**2)
-    for t in range(1, n):
-        e[t] = phi * e[t - 1] + innovation * z[t]
-    return sigma * e

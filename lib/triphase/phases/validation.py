@@ -9,8 +9,10 @@ library's own functions, so what it checks is what the other chapters run:
   at the organism's and Pythia's schedules under AR(1) noise;
 * brain (:mod:`triphase.brain.validation`): the voxelwise test under AR(1)
   nulls and the split-half ceiling against a simulated participant's truth;
-* internal states (:mod:`triphase.internal.measures`): debiased CKA of
-  independent matrices and probe selectivity of a random embedding.
+* internal states (:mod:`triphase.internal.measures`,
+  :mod:`triphase.internal.change_points`): debiased CKA of independent
+  matrices, probe selectivity of a random embedding, and false-positive rates
+  of the change points under AR(1) noise.
 
 Every row has the columns :data:`VALIDATION_COLUMNS` (``section, statistic,
 setting, value, mc_se, goal, passed``); ``passed`` is None for rows shown
@@ -25,8 +27,16 @@ import numpy as np
 import pandas as pd
 
 from triphase.brain.validation import VALIDATION_COLUMNS, ceiling_oracle, ceiling_oracle_table, permutation_calibration
+from triphase.internal.change_points import false_positive_rates as change_point_false_positive_rates
 from triphase.internal.measures import cka_null_table, probe_selectivity_random_embedding
-from triphase.phases.calibration import breakpoint_coverage, false_positive_rate, power
+from triphase.phases.calibration import (
+    MC_Z,
+    NOMINAL_ALPHA,
+    breakpoint_coverage,
+    false_positive_rate,
+    power,
+    schedule_x,
+)
 
 #: Curves without a triple pattern whose false-positive rates are checked.
 NULL_SHAPES = ("monotone", "plateau", "peak")
@@ -113,7 +123,8 @@ def phase_checks(settings: ValidationSettings, progress=None) -> pd.DataFrame:
 
 
 def internal_checks(settings: ValidationSettings) -> pd.DataFrame:
-    """CKA of independent matrices (biased vs debiased) and probe selectivity of a random embedding."""
+    """CKA of independent matrices (biased vs debiased), probe selectivity of a random embedding, and the
+    false-positive rates of the internal change points under AR(1) noise."""
     cka = cka_null_table(ratios=settings.cka_ratios, n=settings.cka_n, n_sim=settings.cka_sims, seed=settings.seed)
     rows = [{"section": "internal", "statistic": f"CKA of independent matrices ({r['estimator']})",
              "setting": f"d/n = {r['ratio']:g} (d = {r['d']}, n = {r['n']})", "value": r["mean"],
@@ -124,6 +135,14 @@ def internal_checks(settings: ValidationSettings) -> pd.DataFrame:
               "setting": f"d = {r['d']}; accuracy {r['accuracy']:.2f}, control task {r['control']:.2f}",
               "value": r["selectivity"], "mc_se": r["selectivity_sd"] / np.sqrt(settings.probe_sims),
               "goal": r["goal"], "passed": bool(r["pass"])} for r in probe.to_dict("records")]
+    rates = change_point_false_positive_rates(schedule_x("organism"), settings.phis, settings.n_sim,
+                                              NOMINAL_ALPHA, settings.n_null, settings.seed)
+    for r in rates.to_dict("records"):
+        mc_se = float(np.sqrt(NOMINAL_ALPHA * (1 - NOMINAL_ALPHA) / r["n_sim"]))
+        rows.append({"section": "internal", "statistic": f"false-positive rate: change point ({r['boundary']})",
+                     "setting": f"AR(1) noise without a change, phi = {r['phi']}, organism schedule, "
+                                f"{r['n_sim']} draws", "value": r["rate"], "mc_se": mc_se,
+                     "goal": f"<= {NOMINAL_ALPHA:.0%}", "passed": bool(r["rate"] - MC_Z * mc_se <= NOMINAL_ALPHA)})
     return pd.DataFrame(rows, columns=VALIDATION_COLUMNS)
 
 
