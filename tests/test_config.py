@@ -157,6 +157,7 @@ def test_normalised_scheduler_validates_to_itself(value):
     ({"kind": "slurm", "cores": 4}, "field 'scheduler.slurm' lacks memory"),
     ({"kind": "address", "address": "localhost"}, "field 'scheduler.address' must be a scheduler address"),
     ({"kind": "pbs"}, "field 'scheduler.kind' must be one of local, address, slurm, got 'pbs'"),
+    ({"kind": "address", "address": "tcp://h:1", "n_workers": 2}, "'scheduler.address' takes no other fields"),
 ])
 def test_scheduler_in_normalised_form_is_still_validated(value, message):
     """A mapping with a ``kind`` key (the normalised form) is checked like the YAML form, not trusted."""

@@ -189,22 +189,29 @@ def test_no_compliant_answer_leaves_solving_undefined_and_unmet():
 
 # --------------------------------------------------------------------------- latent-state probes
 
-def test_latent_probe_rise_is_the_best_layer_against_step0():
+def test_latent_probe_rise_is_the_selectivity_against_the_first_checkpoint():
     internal = _internal({
         ("probe_location_accuracy", 1): _flat(0.30),
-        ("probe_location_accuracy", 2): [0.25, 0.25, 0.26, 0.3, 0.35, 0.4, 0.45, 0.55],  # best at the end: +0.30
-        ("probe_location_accuracy_control", 2): _flat(0.2),
+        ("probe_location_accuracy", 2): [0.25, 0.25, 0.26, 0.3, 0.36, 0.4, 0.45, 0.55],  # best at the end
+        ("probe_location_accuracy_control", 1): _flat(0.2),
+        ("probe_location_accuracy_control", 2): _flat(0.2),  # selectivity 0.10 at step0 -> 0.35: +0.25
         ("probe_tension_r2", 1): _flat(0.1),
-        ("probe_tension_r2", 2): [0.12] * 7 + [0.14],  # best layer 2 rises by 0.02 < the goal
+        ("probe_tension_r2", 2): [0.12] * 7 + [0.5],  # the score rises by 0.38 ...
+        ("probe_tension_r2_control", 1): _flat(0.05),
+        ("probe_tension_r2_control", 2): [0.1] * 7 + [0.47],  # ... but so does the control: selectivity +0.01
         ("probe_pos_accuracy", 1): _flat(0.9),  # not a latent-state probe: no row
     })
     report = learning_report(internal, None)
     assert report["capability"].tolist() == ["latent state: location", "latent state: tension"]
     location, tension = report.itertuples()
-    assert location.value_final == pytest.approx(0.30) and location.met
-    assert location.first_checkpoint == "step8"  # 0.35 - 0.25 = 0.10 >= PROBE_RISE_GOAL first at step8
-    assert PROBE_RISE_GOAL <= 0.10
-    assert tension.value_final == pytest.approx(0.02) and not tension.met and tension.first_checkpoint is None
+    assert location.value_final == pytest.approx(0.25) and location.met
+    # selectivity at the best layer: 0.10 (layer 1) until step4, 0.16 at step8 (layer 2): +0.06 first there
+    assert location.first_checkpoint == "step8" and PROBE_RISE_GOAL <= 0.06
+    assert "minus at step0" in location.measure
+    assert tension.value_final == pytest.approx(0.01) and not tension.met and tension.first_checkpoint is None
+    # without the control task the selectivity is undefined: never met
+    no_control = internal[~internal["measure"].str.endswith("_control")]
+    assert not learning_report(no_control, None)["met"].any()
 
 
 # --------------------------------------------------------------------------- missing data, bad input

@@ -387,7 +387,7 @@ def test_the_organism_chapter_is_keyed_by_the_tables_it_reads(stub_book, fresh_h
     (job,) = _jobs(cfg, "series", "00_organism")
     assert job["parameters"]["subject"] == "sub01"
     before = job["inputs"]()
-    assert before["tables"] == {"brain.parquet": "absent", "internal.parquet": "absent", "tasks.parquet": "absent"}
+    assert before["tables"] == {"internal.parquet": "absent", "tasks.parquet": "absent"}  # brain.parquet: not read
     folder = results_dir("stub", "generic", "sub01")
     (folder / "tasks.parquet").write_text("first")
     first = job["inputs"]()

@@ -4,7 +4,8 @@ Every checkpoint of a run is measured on the same text, test story and task
 items, so the errors of neighbouring checkpoints are correlated. Both the
 phase analysis (:mod:`triphase.phases.inference`) and the internal change
 points (:mod:`triphase.internal.change_points`) model that as AR(1) noise in
-checkpoint order with a coefficient of at least :data:`ASSUMED_MIN_PHI`.
+checkpoint order: the phase analysis with an estimated coefficient floored at
+:data:`ASSUMED_MIN_PHI`, the change points with that coefficient.
 """
 from __future__ import annotations
 

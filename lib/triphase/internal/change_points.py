@@ -31,8 +31,9 @@ independent-noise null the onset's range statistic over-rejects
 therefore AR(1) with ``phi`` = :data:`triphase._noise.ASSUMED_MIN_PHI` (0.6,
 the assumption of the phase analysis; parameter ``null_phi``): measured
 0.004 / 0.013 / 0.043 / 0.28 (onset) and 0.043 / 0.050 / 0.053 / 0.046
-(largest change) on the organism's schedule, at or below 5 % up to that
-dependence (the validation chapter repeats the check at every build). For
+(largest change) on the organism's schedule: about 5 % or below up to that
+dependence, above it beyond (the validation chapter repeats the check at
+every build). For
 ``cka_previous`` (values that are already differences) the null stays
 independent.
 
@@ -320,8 +321,10 @@ def false_positive_rates(x, phis: Sequence[float] = (0.0, 0.3, 0.6), n_sim: int 
     for k, phi in enumerate(phis):
         curves = ar1_noise(np.random.default_rng([seed, k]), x.size, n_sim, float(phi), 1.0).T
         for boundary, test in (("largest_change", largest_change), ("onset", onset)):
-            found = [test(x, curve, alpha=alpha, n_null=n_null, n_boot=0, seed=seed + i)["found"]
-                     for i, curve in enumerate(curves)]
+            # one independent stream per (base seed, coefficient, curve): no draw is shared across rows
+            seeds = np.random.SeedSequence([seed, k]).generate_state(len(curves))
+            found = [test(x, curve, alpha=alpha, n_null=n_null, n_boot=0, seed=int(curve_seed))["found"]
+                     for curve, curve_seed in zip(curves, seeds)]
             rows.append({"boundary": boundary, "phi": float(phi), "n_sim": n_sim, "rate": float(np.mean(found))})
     return pd.DataFrame(rows)
 
@@ -366,7 +369,8 @@ def _with_previous(curve: pd.DataFrame, series_rows: pd.DataFrame) -> pd.DataFra
 def internal_change_points(internal_df: pd.DataFrame, layer=None, measures: Sequence[str] | None = None,
                            heads: bool = False, x_of: dict | None = None, alpha: float = DEFAULT_ALPHA,
                            n_null: int = DEFAULT_N_NULL, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
-                           change_keyword: str = CHANGE_KEYWORD, onset_keyword: str = ONSET_KEYWORD) -> pd.DataFrame:
+                           change_keyword: str = CHANGE_KEYWORD, onset_keyword: str = ONSET_KEYWORD,
+                           null_phi: float = ASSUMED_MIN_PHI) -> pd.DataFrame:
     """Change points (with p-values and intervals) of the measures of an internal table.
 
     Parameters
@@ -386,7 +390,7 @@ def internal_change_points(internal_df: pd.DataFrame, layer=None, measures: Sequ
     x_of : dict checkpoint -> x, optional
         Positions of the checkpoints (e.g. the phase analysis' common axis);
         default ``log10`` tokens seen with step0 half a first step early.
-    alpha, n_null, n_boot, seed
+    alpha, n_null, n_boot, seed, null_phi
         See :func:`largest_change`.
     change_keyword, onset_keyword : str
         Measures whose name contains these are ``kind="change"`` curves
@@ -440,11 +444,11 @@ def internal_change_points(internal_df: pd.DataFrame, layer=None, measures: Sequ
                 base = {"series": series, "tier": tiers[0], "measure": measure, "layer": layer_label, "head": head}
                 curve_seed = [seed, k, head + 1, len(out)]
                 result = largest_change(x, value, kind, alpha, n_null, n_boot,
-                                        int(np.random.SeedSequence(curve_seed).generate_state(1)[0]))
+                                        int(np.random.SeedSequence(curve_seed).generate_state(1)[0]), null_phi)
                 out.append({**base, "boundary": "largest_change", **result})
                 if onset_keyword and onset_keyword in measure:
                     result = onset(x, value, alpha, n_null, n_boot,
-                                   int(np.random.SeedSequence(curve_seed + [1]).generate_state(1)[0]))
+                                   int(np.random.SeedSequence(curve_seed + [1]).generate_state(1)[0]), null_phi)
                     out.append({**base, "boundary": "onset", **result})
     frame = pd.DataFrame(out, columns=OUTPUT_COLUMNS + ["reason"])
     return frame.astype({"found": bool, "head": np.int64})

@@ -41,9 +41,9 @@ and design, :func:`triphase.phases.piecewise.ar1_whitening`): the Gaussian
 AR(1) likelihood up to a constant that is the same for every k. Ordinary
 least squares takes slow noise for extra breakpoints: at AR(1) ``phi = 0.6``
 the planted number of breakpoints of rise-fall-rise curves was selected in
-66 % (organism schedule) and 56 % (Pythia) of draws, against 84 % and 76 %
-with this criterion (and 86 % -> 96 % on the organism's schedule under
-independent noise; validation chapter). ``selection="ols"`` gives the
+61 % (organism schedule) and 52.5 % (Pythia) of 200 draws, against 82.5 %
+and 77 % with this criterion (and 86 % -> 94 % on the organism's schedule
+under independent noise; methods page). ``selection="ols"`` gives the
 ordinary BIC.
 
 Dependent noise. Every checkpoint is scored on the same test story and task

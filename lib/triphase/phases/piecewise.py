@@ -415,7 +415,9 @@ def _whitened_rss(x: np.ndarray, curves: np.ndarray, breaks: np.ndarray, whiteni
     white = (whitening @ curves[:, ok]).T                              # (m_ok, n)
     q, _ = np.linalg.qr(design)
     projected = np.einsum("mnp,mn->mp", q, white)
-    out[ok] = np.maximum((white**2).sum(axis=1) - (projected**2).sum(axis=1), 0.0)
+    # the residual itself, not ||Wy||^2 - ||Q'Wy||^2: a difference of two large numbers loses an exact fit
+    residual = white - np.einsum("mnp,mp->mn", q, projected)
+    out[ok] = (residual**2).sum(axis=1)
     return out
 
 
@@ -438,7 +440,10 @@ def _select(x, curves, max_k, min_points, grid_per_gap, refine_steps, selection_
         whitening = ar1_whitening(n, selection_phi)
         criterion = [np.where(np.isfinite(rss[k]), _whitened_rss(x, curves, breaks[k], whitening), np.inf)
                      for k in range(max_k + 1)]
-        floor = np.maximum(RSS_FLOOR_FRACTION * criterion[0], np.finfo(float).tiny)
+        # the floor scales with the whitened *total* (not with the k = 0 fit, which is ~0 for an exact line)
+        white = whitening @ curves
+        floor = np.maximum(RSS_FLOOR_FRACTION * ((white - white.mean(axis=0)) ** 2).sum(axis=0),
+                           np.finfo(float).tiny)
     else:
         criterion = rss
         centred_total = ((curves - curves.mean(axis=0)) ** 2).sum(axis=0)

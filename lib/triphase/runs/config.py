@@ -286,6 +286,9 @@ def check_scheduler(value, source: str = "<dict>") -> dict:
             raise ConfigError(f"{source}: field 'scheduler.kind' must be one of {', '.join(SCHEDULER_KINDS)}, "
                               f"got {kind!r}")
         rest = {key: option for key, option in value.items() if key != "kind" and option is not None}
+        if kind == "address" and set(rest) - {"address"}:
+            raise ConfigError(f"{source}: field 'scheduler.address' takes no other fields, got "
+                              f"{sorted(set(rest) - {'address'})}")
         value = {kind: rest.get("address")} if kind == "address" else {kind: rest}
     if value == "local" or value is None:
         return dict(DEFAULT_SCHEDULER)

@@ -94,6 +94,8 @@ LONGEST_FIRST = ("01_brain_alignment", "03_downstream_tasks", "02_internal_state
 #: notebooks that read the tables of the others (besides the synthesis): they run in the last wave, with it.
 #: 00_organism shows what the organism learned from internal.parquet and tasks.parquet (issue 14).
 READS_TABLES = ("00_organism",)
+#: the tables those notebooks read (their hashes are inputs: a new table re-runs them, a brain re-run does not)
+READ_TABLE_FILES = (TABLE_FILES["internal"], TABLE_FILES["tasks"])
 #: the thread counts a kernel's BLAS and torch read when they start
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 #: the results tables each notebook writes into a model's results folder (the synthesis: into every model's);
@@ -549,7 +551,7 @@ def _job_inputs(series_spec, checkpoints, data: tuple | None = None) -> dict:
 def _reader_inputs(series_spec, checkpoints, folder: Path) -> dict:
     """A series' inputs plus the hashes of the tables a :data:`READS_TABLES` notebook reads from ``folder``."""
     inputs = _series_inputs(series_spec, checkpoints)
-    inputs["tables"] = {table: _file_hash(folder / table) for table in TABLE_FILES.values()}
+    inputs["tables"] = {table: _file_hash(folder / table) for table in READ_TABLE_FILES}
     return inputs
 
 
