@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 from triphase.models import storyworld
-from triphase.models.organism import (H100_BF16_PEAK_FLOPS, OrganismConfig, _batch, complete_steps,
+from triphase.models.organism import (COPY_WARMUP_BLOCK, COPY_WARMUP_DATA, CORPUS_DATA, H100_BF16_PEAK_FLOPS,
+                                      OrganismConfig, _batch, complete_steps, copy_warmup_batch,
                                       expected_training_seconds, prepare_corpus, run_dir, run_info,
                                       train_organism, training_flops, training_log)
 
@@ -95,7 +96,8 @@ def test_untrained_series_says_how_to_train(fresh_home):
 # --------------------------------------------------------------------------- optional fields, GPU path
 def test_optional_fields_default_to_older_configs_and_keep_their_hash():
     full = OrganismConfig.preset("tiny").to_dict()
-    older = {k: v for k, v in full.items() if k not in ("repeat_fraction", "task_burst", "corpus_tokens", "dtype")}
+    older = {k: v for k, v in full.items()
+             if k not in ("repeat_fraction", "task_burst", "corpus_tokens", "dtype", "copy_warmup_steps")}
     assert OrganismConfig.from_dict(older) == OrganismConfig.from_dict(full)
     assert OrganismConfig.from_dict(older).hash == OrganismConfig.preset("tiny").hash
     assert OrganismConfig.from_dict({**full, "dtype": "bfloat16"}).hash != OrganismConfig.preset("tiny").hash
@@ -103,7 +105,10 @@ def test_optional_fields_default_to_older_configs_and_keep_their_hash():
                                 ("task_burst", 0, "task_burst must be a positive integer"),
                                 ("corpus_tokens", -1, "corpus_tokens must be a non-negative integer"),
                                 ("repeat_fraction", 0.97, "repeat_fraction must be in"),
-                                ("repeat_fraction", -0.1, "repeat_fraction must be in")]:
+                                ("repeat_fraction", -0.1, "repeat_fraction must be in"),
+                                ("copy_warmup_steps", full["max_steps"], "copy_warmup_steps must be an integer"),
+                                ("copy_warmup_steps", -1, "copy_warmup_steps must be an integer"),
+                                ("copy_warmup_steps", True, "copy_warmup_steps must be an integer")]:
         with pytest.raises(ValueError, match=message):
             OrganismConfig.from_dict({**full, field: bad})
 
@@ -205,3 +210,42 @@ def test_gpu_code_path_at_tiny_size_bf16_autocast_on_cpu(fresh_home):
     assert torch.isfinite(model(input_ids=ids).logits).all()
     with pytest.raises(ValueError, match="device must be one of"):
         train_organism(cfg, progress=False, device="tpu")
+
+
+def _repeated_prefix(row: np.ndarray) -> bool:
+    """True when the row starts with a block (of an allowed length) that is repeated right after it."""
+    low, high = COPY_WARMUP_BLOCK
+    return any(np.array_equal(row[:n], row[n:2 * n]) for n in range(low, min(high, len(row) // 2) + 1))
+
+
+def test_copy_warmup_rows_are_repeated_random_blocks_seeded_by_step():
+    cfg = OrganismConfig.from_dict({**OrganismConfig.preset("tiny").to_dict(), "copy_warmup_steps": 10})
+    vocabulary = np.arange(3, 380)
+    batch = copy_warmup_batch(4, cfg, vocabulary)
+    assert batch.shape == (cfg.tokens_per_step // cfg.context_length, cfg.context_length)  # as many tokens as the corpus
+    assert np.isin(batch, vocabulary).all() and all(_repeated_prefix(row) for row in batch)
+    np.testing.assert_array_equal(batch, copy_warmup_batch(4, cfg, vocabulary))
+    assert not np.array_equal(batch, copy_warmup_batch(5, cfg, vocabulary))
+    other_seed = OrganismConfig.from_dict({**cfg.to_dict(), "train_seed": 1})
+    assert not np.array_equal(batch, copy_warmup_batch(4, other_seed, vocabulary))
+    # the corpus is sized for the steps after the warm-up
+    assert cfg.corpus_training_tokens == (cfg.max_steps - 10) * cfg.tokens_per_step == cfg.unique_tokens
+
+
+def test_copier_preset_and_a_tiny_copy_warmup_run(fresh_home):
+    copier = OrganismConfig.preset("copier")
+    assert copier.copy_warmup_steps == 400 < copier.max_steps and copier.num_hidden_layers == 2
+    from triphase.models.series import load_presets
+    from triphase.runs.config import load_run_config
+
+    assert load_presets()["organism-copier"]["config"] == "copier"
+    assert load_run_config("copier").series == ["organism-copier"]
+    cfg = OrganismConfig.from_dict({**OrganismConfig.preset("tiny").to_dict(), "max_steps": 24,
+                                    "checkpoint_every": 8, "copy_warmup_steps": 8})
+    path = train_organism(cfg, progress=False, device="cpu")
+    log = training_log(cfg)
+    assert log.loc[log["step"].between(1, 8), "data"].eq(COPY_WARMUP_DATA).all()
+    assert log.loc[log["step"] > 8, "data"].eq(CORPUS_DATA).all()
+    tokens = np.load(path / "data" / "train_tokens.npy")
+    assert len(tokens) >= cfg.unique_tokens and cfg.unique_tokens == 16 * cfg.tokens_per_step
+    assert complete_steps(path) == cfg.checkpoint_steps

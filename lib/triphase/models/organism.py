@@ -94,6 +94,7 @@ class OrganismConfig:
     task_burst: int = 1            # task documents of one family in a row: 1 .. task_burst
     corpus_tokens: int = 0         # unique training tokens (0: one pass, max_steps x tokens per step)
     dtype: str = "float32"         # "bfloat16": bf16 autocast of the forward pass (mixed precision)
+    copy_warmup_steps: int = 0     # first steps on repeated random-token blocks (a copy curriculum), then the corpus
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "organism config") -> "OrganismConfig":
@@ -139,6 +140,10 @@ class OrganismConfig:
             raise ValueError(f"{where}: task_burst must be a positive integer, got {self.task_burst!r}")
         if isinstance(self.corpus_tokens, bool) or not isinstance(self.corpus_tokens, int) or self.corpus_tokens < 0:
             raise ValueError(f"{where}: corpus_tokens must be a non-negative integer, got {self.corpus_tokens!r}")
+        if isinstance(self.copy_warmup_steps, bool) or not isinstance(self.copy_warmup_steps, int) \
+                or not 0 <= self.copy_warmup_steps < self.max_steps:
+            raise ValueError(f"{where}: copy_warmup_steps must be an integer in [0, max_steps), "
+                             f"got {self.copy_warmup_steps!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"{where}: dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
 
@@ -172,9 +177,15 @@ class OrganismConfig:
         return self.max_steps * self.tokens_per_step
 
     @property
+    def corpus_training_tokens(self) -> int:
+        """Tokens of the corpus seen in training (the steps after the copy warm-up)."""
+        return (self.max_steps - self.copy_warmup_steps) * self.tokens_per_step
+
+    @property
     def unique_tokens(self) -> int:
-        """Distinct corpus tokens generated: ``corpus_tokens``, or one pass over training."""
-        return min(self.corpus_tokens, self.training_tokens) if self.corpus_tokens else self.training_tokens
+        """Distinct corpus tokens generated: ``corpus_tokens``, or one pass over the corpus steps."""
+        corpus = self.corpus_training_tokens
+        return min(self.corpus_tokens, corpus) if self.corpus_tokens else corpus
 
 
 _OPTIONAL_DEFAULTS = {f.name: f.default for f in fields(OrganismConfig) if f.default is not MISSING}
@@ -436,6 +447,64 @@ def _batch(tokens: np.ndarray, order: np.ndarray, step: int, cfg: OrganismConfig
     return torch.from_numpy(rows)
 
 
+#: block lengths (inclusive) and repeats (inclusive) of the copy-warm-up sequences
+COPY_WARMUP_BLOCK = (8, 32)
+COPY_WARMUP_REPEATS = (2, 3)
+#: length of a copy-warm-up row (at most the context): in short rows attention is less diluted, so the
+#: copy signal is stronger (measured: a head in ~250 steps of 8,192 tokens at 128; none in 450 at 256)
+COPY_WARMUP_LENGTH = 128
+#: seed stream of the copy warm-up (the corpus order uses 1)
+COPY_WARMUP_STREAM = 2
+#: values of the training log's ``data`` column (configs with a copy warm-up)
+COPY_WARMUP_DATA, CORPUS_DATA = "copy warm-up", "corpus"
+
+
+def copy_warmup_batch(step: int, cfg: OrganismConfig, vocabulary: np.ndarray) -> np.ndarray:
+    """One copy-warm-up batch: rows of random token blocks, each block repeated 2-3 times.
+
+    Blocks have variable lengths (:data:`COPY_WARMUP_BLOCK`), so no fixed
+    period predicts a repeat: only matching content in the context does (an
+    induction head; Olsson et al. 2022). Seeded by ``(train_seed, step)``;
+    the batch holds the same number of tokens as a corpus batch, in rows of
+    :data:`COPY_WARMUP_LENGTH` tokens.
+
+    Parameters
+    ----------
+    step : int
+    cfg : OrganismConfig
+    vocabulary : array of int
+        Token ids to draw from (the tokenizer's ids without special tokens).
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (tokens_per_step // row length, row length)
+
+    Examples
+    --------
+    >>> cfg = OrganismConfig.preset("tiny")
+    >>> batch = copy_warmup_batch(0, cfg, np.arange(5, 300))
+    >>> batch.shape, bool(np.isin(batch, np.arange(5, 300)).all())
+    ((8, 64), True)
+    """
+    rng = np.random.default_rng([cfg.train_seed, COPY_WARMUP_STREAM, step])
+    length = min(COPY_WARMUP_LENGTH, cfg.context_length)
+    rows = []
+    for _ in range(max(cfg.tokens_per_step // length, 1)):
+        row: list[int] = []
+        while len(row) < length:
+            block = rng.choice(vocabulary, size=int(rng.integers(COPY_WARMUP_BLOCK[0], COPY_WARMUP_BLOCK[1] + 1)))
+            row.extend(block.tolist() * int(rng.integers(COPY_WARMUP_REPEATS[0], COPY_WARMUP_REPEATS[1] + 1)))
+        rows.append(row[:length])
+    return np.asarray(rows, dtype=np.int64)
+
+
+def _data_column(step: int, cfg: OrganismConfig) -> dict:
+    """The training log's ``data`` column with a copy warm-up: what the batch ending at ``step`` held."""
+    if not cfg.copy_warmup_steps:
+        return {}
+    return {"data": COPY_WARMUP_DATA if 0 < step <= cfg.copy_warmup_steps else CORPUS_DATA}
+
+
 def _autocast(cfg: OrganismConfig, device: str):
     """bf16 autocast of the forward pass when the config asks for it (weights and optimiser stay float32)."""
     # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
@@ -541,6 +610,8 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     n_seq = len(tokens) // cfg.context_length
     order = np.random.default_rng([cfg.train_seed, 1]).permutation(n_seq)
     schedule = set(cfg.checkpoint_steps)
+    special = set(tokenizer.all_special_ids)
+    vocabulary = np.array([i for i in range(len(tokenizer)) if i not in special], dtype=np.int64)
     estimate = compute_estimate_line(cfg, len(tokenizer))
     logger.info(estimate)  # the command line shows the triphase logger; a bare library call stays quiet
 
@@ -569,7 +640,8 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
     def save(step: int, train_loss: float) -> None:
         heldout_loss = _heldout_loss(model, heldout, cfg, device)
         log_rows.append({"step": step, "tokens_seen": step * cfg.tokens_per_step,
-                         "train_loss": train_loss, "heldout_loss": heldout_loss, "checkpoint": True})
+                         "train_loss": train_loss, "heldout_loss": heldout_loss, "checkpoint": True,
+                         **_data_column(step, cfg)})
         with atomic_dir(path / f"step{step}") as tmp, _quiet_save():
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
@@ -589,7 +661,10 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
         if stop_at_step is not None and step >= stop_at_step:
             bar.close()
             return path
-        batch = _batch(tokens, order, step, cfg).to(device)
+        if step < cfg.copy_warmup_steps:
+            batch = torch.from_numpy(copy_warmup_batch(step, cfg, vocabulary)).to(device)
+        else:
+            batch = _batch(tokens, order, step - cfg.copy_warmup_steps, cfg).to(device)
         with _autocast(cfg, device):
             loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
@@ -605,7 +680,8 @@ def train_organism(config="default", progress: bool = True, stop_at_step: int | 
             save(finished, value)
         else:
             log_rows.append({"step": finished, "tokens_seen": finished * cfg.tokens_per_step,
-                             "train_loss": value, "heldout_loss": float("nan"), "checkpoint": False})
+                             "train_loss": value, "heldout_loss": float("nan"), "checkpoint": False,
+                             **_data_column(finished, cfg)})
     bar.close()
     (path / f"step{cfg.max_steps}" / TRAINER_STATE_FILE).unlink(missing_ok=True)
     log = pd.DataFrame(log_rows)

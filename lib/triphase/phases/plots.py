@@ -288,6 +288,14 @@ def _glance_positions(*token_arrays):
     return lambda values: np.where(np.asarray(values, dtype=float) > 0, np.asarray(values, dtype=float), floor)
 
 
+def _copy_warmup_tokens(log) -> float | None:
+    """Tokens seen at the end of an organism's copy warm-up (training log ``data`` column), else None."""
+    if log is None or "data" not in log:
+        return None
+    warm = log.loc[log["data"] == "copy warm-up", "tokens_seen"]
+    return float(warm.max()) if len(warm) else None
+
+
 def _glance_tier(tier, *tables) -> str:
     if tier is not None:
         return tier
@@ -442,9 +450,15 @@ def plot_learning_at_a_glance(log, internal_df, tasks_df, few_shot: int = 0, tie
         _not_computed(probe_ax, "latent-state probes")
     probe_ax.set_ylabel("probe score\n(accuracy / R²)")
 
+    warmup = _copy_warmup_tokens(log)
     for ax, letter in zip(axes, "abcde"):
         ax.set_xscale("log")
         ax.set_title(f"({letter})", loc="left", fontsize=9)
+        if warmup is not None:  # the organism's synthetic copy curriculum: not story text
+            ax.axvspan(x_of([0])[0], warmup, color="0.85", zorder=0,
+                       label="copy warm-up (synthetic data)" if ax is loss_ax else None)
+    if warmup is not None:
+        loss_ax.legend(**_GLANCE_LEGEND)
     probe_ax.set_xlabel("tokens seen (log; step 0 at the left edge)")
     fig.suptitle(f"What the model learned, at a glance\n{tier_label(tier)}", fontsize=10)
     fig.tight_layout()
