@@ -200,6 +200,8 @@ def test_latent_probe_rise_is_the_selectivity_against_the_first_checkpoint():
         ("probe_tension_r2_control", 1): _flat(0.05),
         ("probe_tension_r2_control", 2): [0.1] * 7 + [0.47],  # ... but so does the control: selectivity +0.01
         ("probe_pos_accuracy", 1): _flat(0.9),  # not a latent-state probe: no row
+        ("probe_location_chance", 1): _flat(0.2),
+        ("probe_location_chance", 2): _flat(0.2),
     })
     report = learning_report(internal, None)
     assert report["capability"].tolist() == ["latent state: location", "latent state: tension"]
@@ -212,6 +214,10 @@ def test_latent_probe_rise_is_the_selectivity_against_the_first_checkpoint():
     # without the control task the selectivity is undefined: never met
     no_control = internal[~internal["measure"].str.endswith("_control")]
     assert not learning_report(no_control, None)["met"].any()
+    # a score below the majority class reads no state, however much the control falls (selectivity rises)
+    below = internal.copy()
+    below.loc[below["measure"] == "probe_location_chance", "value"] = 0.6
+    assert not learning_report(below, None).set_index("capability").loc["latent state: location", "met"]
 
 
 # --------------------------------------------------------------------------- missing data, bad input

@@ -172,8 +172,15 @@ def latent_probe_curves(internal_df: pd.DataFrame) -> pd.DataFrame:
         picked = picked.assign(series="")
     curves = probe_baselines(picked).sort_values(["probe", "step"]).reset_index(drop=True)
     first = curves.groupby("probe")["selectivity"].transform("first")
+    # chance level of each probe's score: the majority-class share (classification) or R^2 = 0 (regression)
+    chance_rows = rows[rows["measure"].str.endswith("_chance")]
+    chance_of = chance_rows.groupby(["measure", "checkpoint"])["value"].first().to_dict()
+    chance = [chance_of.get((probe.rsplit("_", 1)[0] + "_chance", checkpoint), np.nan)
+              if probe.endswith("_accuracy") else 0.0
+              for probe, checkpoint in zip(curves["probe"], curves["checkpoint"])]
     return curves.assign(selectivity_gain=curves["selectivity"] - first,
-                         first_checkpoint=curves.groupby("probe")["checkpoint"].transform("first"))
+                         first_checkpoint=curves.groupby("probe")["checkpoint"].transform("first"),
+                         chance=np.asarray(chance, dtype=float))
 
 
 def task_curves(tasks_df: pd.DataFrame, metric: str, few_shot: int = 0) -> pd.DataFrame:
@@ -224,12 +231,16 @@ def _internal_rows(internal_df: pd.DataFrame, induction_length: int) -> list[dic
     probes = latent_probe_curves(internal_df)
     for probe, curve in probes.groupby("probe", sort=True):
         curve = curve.reset_index(drop=True)
-        met = curve["selectivity_gain"].to_numpy() >= PROBE_RISE_GOAL  # NaN (no control task) compares False
+        # a rise of selectivity, and a score above chance: a probe below the majority class reads no state
+        # however much its control falls (NaN: no control task or no chance level, compares False)
+        met = ((curve["selectivity_gain"].to_numpy() >= PROBE_RISE_GOAL)
+               & (curve["score"].to_numpy() > curve["chance"].to_numpy()))
         name = probe.removeprefix("probe_").rsplit("_", 1)[0]
         first = curve["first_checkpoint"].iloc[0]
         rows.append(_row(f"latent state: {name}", "latent_probe",
                          f"{probe} selectivity (best layer) minus at {first}", curve, met,
-                         f"selectivity rise >= {PROBE_RISE_GOAL:g} over {first}", value_column="selectivity_gain",
+                         f"selectivity rise >= {PROBE_RISE_GOAL:g} over {first}, score above chance",
+                         value_column="selectivity_gain",
                          ci=False))
     return rows
 
@@ -266,7 +277,8 @@ def learning_report(internal_df: pd.DataFrame | None, tasks_df: pd.DataFrame | N
     * ``<family>: solving``: ``solving`` >= :data:`SOLVING_GOAL` and its ``ci_low`` > 0;
     * ``latent state: <probe>``: the probe's selectivity (score minus control
       task, best layer) at the final checkpoint minus at the first checkpoint
-      >= :data:`PROBE_RISE_GOAL`.
+      >= :data:`PROBE_RISE_GOAL`, with the score above chance (majority class;
+      R^2 = 0).
 
     Parameters
     ----------
