@@ -67,3 +67,19 @@ def fresh_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("TRIPHASE_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def weight_reads(monkeypatch):
+    """The sources ``AutoModelForCausalLM.from_pretrained`` read, in order (the real loader still runs)."""
+    import transformers
+
+    real = transformers.AutoModelForCausalLM.from_pretrained
+    reads = []
+
+    def counting(source, *args, **kwargs):
+        reads.append(str(source))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", counting)
+    return reads

@@ -205,21 +205,6 @@ def test_local_cluster_of_two_workers_gives_the_serial_tables(serial_tables, ses
     _assert_identical(_reduce(cfg), serial_tables)
 
 
-def _count_weight_reads(monkeypatch) -> list:
-    """The sources ``from_pretrained`` reads from now on (the real loader still runs)."""
-    import transformers
-
-    real = transformers.AutoModelForCausalLM.from_pretrained
-    reads = []
-
-    def counting(source, *args, **kwargs):
-        reads.append(str(source))
-        return real(source, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", counting)
-    return reads
-
-
 def _cached_results(home) -> dict:
     """Every file the sweeps cached under ``home`` (all but the organism), read: relative path -> content."""
     cached = {}
@@ -239,11 +224,12 @@ def _cached_results(home) -> dict:
 
 @pytest.mark.slow
 def test_a_unit_reads_the_weights_once_and_caches_what_separate_loads_cache(tiny_organism, session_home, tmp_path,
-                                                                            monkeypatch):
+                                                                            monkeypatch, weight_reads):
     home = _home_with_organism(tmp_path / "home", session_home, monkeypatch)
     unit = engine.plan_units(notebook_jobs(_tiny_reduced()))[0]  # the final checkpoint: its own CKA reference
     assert unit.final and [notebook for notebook, _ in unit.calls] == list(engine.SWEEP_ORDER)
-    reads = _count_weight_reads(monkeypatch)
+    weight_reads.clear()  # count from here on
+    reads = weight_reads
     with monkeypatch.context() as separately:  # as before the shared scope: each sweep loads for itself
         separately.setattr(engine, "one_load_per_checkpoint", contextlib.nullcontext)
         assert engine.run_unit(unit, {})["status"] == "done"

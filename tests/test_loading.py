@@ -13,22 +13,6 @@ from triphase.models.loading import (
 )
 
 
-@pytest.fixture
-def weight_reads(monkeypatch):
-    """The sources ``AutoModelForCausalLM.from_pretrained`` read, in order (the real loader still runs)."""
-    import transformers
-
-    real = transformers.AutoModelForCausalLM.from_pretrained
-    reads = []
-
-    def counting(source, *args, **kwargs):
-        reads.append(str(source))
-        return real(source, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", counting)
-    return reads
-
-
 def _forward(model, tokens):
     """Logits, every hidden state and every attention map of one batch."""
     import torch
