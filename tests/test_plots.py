@@ -152,3 +152,22 @@ def test_three_perspectives_says_what_was_not_computed(records):
     assert "internal states: not computed" in texts and "downstream tasks: not computed" in texts
     with pytest.raises(ValueError, match="has no table"):
         plot_three_perspectives(records[("synthetic-a", "sim02")])
+
+
+def test_copy_warmup_is_shaded_where_the_log_says_and_only_there():
+    import pandas as pd
+    from matplotlib.patches import Polygon, Rectangle
+
+    from triphase.models.organism import COPY_WARMUP_DATA, CORPUS_DATA
+    from triphase.models.plots import plot_training_curve
+
+    log = pd.DataFrame({"tokens_seen": [0, 100, 200, 300, 400], "train_loss": [None, 5.0, 4.0, 3.0, 2.0],
+                        "heldout_loss": [6.0, None, 4.1, None, 2.1], "checkpoint": [True, False, True, False, True],
+                        "data": [CORPUS_DATA, COPY_WARMUP_DATA, COPY_WARMUP_DATA, CORPUS_DATA, CORPUS_DATA]})
+    ax = plot_training_curve(log)
+    spans = [p for p in ax.patches if isinstance(p, (Polygon, Rectangle))]
+    assert len(spans) == 1
+    span = spans[0]
+    xs = span.get_xy()[:, 0] if isinstance(span, Polygon) else [span.get_x(), span.get_x() + span.get_width()]
+    assert max(xs) == 200 and min(xs) == 100
+    assert not plot_training_curve(log.drop(columns="data")).patches

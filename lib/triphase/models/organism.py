@@ -498,6 +498,22 @@ def copy_warmup_batch(step: int, cfg: OrganismConfig, vocabulary: np.ndarray) ->
     return np.asarray(rows, dtype=np.int64)
 
 
+def copy_warmup_end(log: pd.DataFrame) -> float | None:
+    """Tokens seen at the end of a training log's copy warm-up (its ``data`` column), or None without one.
+
+    Examples
+    --------
+    >>> log = pd.DataFrame({"tokens_seen": [0, 10, 20, 30], "data": ["corpus", COPY_WARMUP_DATA, COPY_WARMUP_DATA,
+    ...                                                          CORPUS_DATA]})
+    >>> copy_warmup_end(log), copy_warmup_end(log.drop(columns="data"))
+    (20.0, None)
+    """
+    if log is None or "data" not in log:
+        return None
+    warm = log.loc[log["data"] == COPY_WARMUP_DATA, "tokens_seen"]
+    return float(warm.max()) if len(warm) else None
+
+
 def _data_column(step: int, cfg: OrganismConfig) -> dict:
     """The training log's ``data`` column with a copy warm-up: what the batch ending at ``step`` held."""
     if not cfg.copy_warmup_steps:

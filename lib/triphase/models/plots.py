@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
+from triphase.models.organism import copy_warmup_end
 from triphase.plotting import tier_label
 
 
@@ -50,9 +51,10 @@ def plot_training_curve(log, unigram_entropy: float | None = None, ax=None, tier
             label=f"checkpoints ({len(marked)} after step 0)")
     if unigram_entropy is not None:
         ax.axhline(unigram_entropy, color="0.3", ls="--", lw=1, label=f"unigram entropy ({unigram_entropy:.2f})")
-    if "data" in seen and (seen["data"] == "copy warm-up").any():  # an organism with a copy curriculum
-        ax.axvspan(seen["tokens_seen"].min(), seen.loc[seen["data"] == "copy warm-up", "tokens_seen"].max(),
-                   color="0.85", zorder=0, label="copy warm-up (synthetic data, not stories)")
+    warmup = copy_warmup_end(seen)
+    if warmup is not None:  # an organism with a copy curriculum
+        ax.axvspan(seen["tokens_seen"].min(), warmup, color="0.85", zorder=0,
+                   label="copy warm-up (synthetic data, not stories)")
     ax.set_xscale("log")
     ax.set_xlabel("tokens seen")
     ax.set_ylabel("cross-entropy (nats / token)")

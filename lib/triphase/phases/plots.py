@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from triphase.internal.sweep import DEFAULT_INDUCTION_LENGTH
+from triphase.models.organism import copy_warmup_end
 from triphase.phases.boundaries import INSTRUCTION, INTERNAL, OVERALL_TASK, SOLVING
 from triphase.phases.inference import PhaseResult
 from triphase.phases.learning import (
@@ -288,14 +289,6 @@ def _glance_positions(*token_arrays):
     return lambda values: np.where(np.asarray(values, dtype=float) > 0, np.asarray(values, dtype=float), floor)
 
 
-def _copy_warmup_tokens(log) -> float | None:
-    """Tokens seen at the end of an organism's copy warm-up (training log ``data`` column), else None."""
-    if log is None or "data" not in log:
-        return None
-    warm = log.loc[log["data"] == "copy warm-up", "tokens_seen"]
-    return float(warm.max()) if len(warm) else None
-
-
 def _glance_tier(tier, *tables) -> str:
     if tier is not None:
         return tier
@@ -450,7 +443,7 @@ def plot_learning_at_a_glance(log, internal_df, tasks_df, few_shot: int = 0, tie
         _not_computed(probe_ax, "latent-state probes")
     probe_ax.set_ylabel("probe score\n(accuracy / R²)")
 
-    warmup = _copy_warmup_tokens(log)
+    warmup = copy_warmup_end(log)
     for ax, letter in zip(axes, "abcde"):
         ax.set_xscale("log")
         ax.set_title(f"({letter})", loc="left", fontsize=9)
