@@ -13,6 +13,7 @@ from triphase.brain.statistics import (
     block_permutation_test,
     block_permutations,
     bootstrap_block_counts,
+    bootstrap_region_scores,
     bootstrap_score_ci,
     choose_block_length,
     circular_shift_test,
@@ -195,6 +196,43 @@ def test_bootstrap_excludes_invalid_voxels():
     res = bootstrap_score_ci(y, pred, n_boot=50)
     assert np.isfinite(res.replicates).all()
     assert res.estimate == pytest.approx(np.nanmean(score_voxels(y, pred)))
+
+
+def _resampled_mean_r(y_true, y_pred, counts_row, block, mask):
+    """Reference: materialise one replicate's rows and average np.corrcoef's r over the mask."""
+    n_trs = y_true.shape[0]
+    rows = np.concatenate([np.arange(b * block, min((b + 1) * block, n_trs))
+                           for b, k in enumerate(counts_row) for _ in range(int(k))])
+    rs = [np.corrcoef(y_true[rows, v], y_pred[rows, v])[0, 1] for v in np.flatnonzero(mask)]
+    return np.nanmean(rs)
+
+
+def test_region_bootstrap_matches_materialised_replicates():
+    """Several voxel sets in one pass equal, replicate by replicate, r recomputed on explicitly resampled rows."""
+    rng = np.random.default_rng(11)
+    n_trs, n_voxels, block = 97, 12, 10
+    truth = ar1(rng, (n_trs, n_voxels))
+    measured = truth + rng.standard_normal((n_trs, n_voxels))
+    predicted = truth + 1.5 * rng.standard_normal((n_trs, n_voxels))
+    predicted[:, 5] = 1.0  # a constant prediction: left out of every set it belongs to
+    predicted[:, 9] = 0.0  # varies in one block only: constant in the replicates that do not draw it
+    predicted[30:40, 9] = rng.standard_normal(10)
+    sets = {"all": np.ones(n_voxels, bool), "odd": np.arange(n_voxels) % 2 == 1,
+            "first": np.arange(n_voxels) < 4, "one": np.arange(n_voxels) == 7}
+    counts = bootstrap_block_counts(n_trs, block, n_boot=30, seed=2)
+    assert (counts[:, 3] == 0).any() and (counts[:, 3] > 0).any()
+    result = bootstrap_region_scores(measured, predicted, sets, counts, block=block)
+    assert list(result) == list(sets)
+    for name, mask in sets.items():
+        usable = mask & (np.arange(n_voxels) != 5)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            expected = [_resampled_mean_r(measured, predicted, row, block, usable) for row in counts]
+        np.testing.assert_allclose(result[name].replicates, expected, rtol=1e-9, atol=1e-12)
+        assert result[name].estimate == pytest.approx(np.nanmean(score_voxels(measured, predicted)[usable]))
+        single = bootstrap_score_ci(measured, predicted, block=block, voxels=mask, counts=counts)
+        np.testing.assert_allclose(single.replicates, result[name].replicates, rtol=1e-12)
+    with pytest.raises(ValueError, match="no valid voxel.*'const'"):
+        bootstrap_region_scores(measured, predicted, {"const": np.arange(n_voxels) == 5}, counts, block=block)
 
 
 # --------------------------------------------------------------------------- block length

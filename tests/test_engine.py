@@ -117,6 +117,25 @@ def test_default_scheduler_runs_without_a_cluster():
     assert engine.uses_cluster(check_scheduler({"local": {"n_workers": 2}}))
 
 
+def _worker_environment():
+    return {name: os.environ.get(name) for name in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+
+
+def test_local_workers_keep_one_thread_but_not_the_malloc_trim_setting():
+    """Dask's nanny would set MALLOC_TRIM_THRESHOLD_ (which turns off glibc's adaptive mmap threshold)."""
+    import dask
+
+    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.get(engine.NANNY_ENVIRONMENT)  # what a plain LocalCluster does
+    client, cluster = engine._start_client(check_scheduler({"local": {"n_workers": 1, "dashboard_address": ":0"}}), 1)
+    try:
+        (environment,) = client.run(_worker_environment).values()
+    finally:
+        client.close()
+        cluster.close()
+    assert environment == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    assert "MALLOC_TRIM_THRESHOLD_" in dask.config.get(engine.NANNY_ENVIRONMENT)  # the setting is restored
+
+
 def test_slurm_job_script_from_yaml(tmp_path):
     """The job script dask-jobqueue renders from a run YAML's slurm block (no SLURM needed)."""
     pytest.importorskip("dask_jobqueue")

@@ -278,10 +278,17 @@ def test_batched_left_padded_generation_equals_one_by_one(tiny_lm):
     del torch
 
 
-def test_option_loglikelihoods_equal_manual_sum(tiny_lm):
+@pytest.mark.parametrize("head_on_every_position", [False, True])
+def test_option_loglikelihoods_equal_manual_sum(tiny_lm, monkeypatch, head_on_every_position):
+    """With the LM head limited to the positions scored (``logits_to_keep``) and without (older transformers)."""
     import torch
 
+    from triphase.tasks import generation
+
     model, tokenizer = tiny_lm
+    assert generation._logits_argument(model) == "logits_to_keep"
+    if head_on_every_position:
+        monkeypatch.setattr(generation, "_logits_argument", lambda model: None)
     context, options = "Answer:", ["yes", "no", "Choose A"]
     ll = option_loglikelihoods(model, tokenizer, [context], [options], batch_size=2)[0]
     for value, opt in zip(ll, options):

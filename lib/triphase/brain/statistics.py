@@ -71,6 +71,8 @@ DF_PER_EFFECTIVE_SAMPLE = 2.0 / 3.0
 MIN_DF = 1.0
 #: Repeats a split-half ceiling needs: two to choose voxels, two for the ceiling.
 MIN_SPLIT_REPEATS = 4
+#: Share of a series' sum of squares below which its centred sum of squares counts as rounding (constant)
+CONSTANT_TOLERANCE = 1e-10
 #: Upper bound on array elements materialised per chunk (~256 MB in float64).
 MAX_CHUNK_ELEMENTS = 2**25
 
@@ -704,60 +706,143 @@ def bootstrap_score_ci(
     True
     """
     y_true, y_pred = check_pair(y_true, y_pred)
+    mask = np.ones(y_true.shape[1], dtype=bool) if voxels is None else np.asarray(voxels, dtype=bool)
+    if mask.shape != (y_true.shape[1],):
+        raise ValueError(f"voxels mask has shape {mask.shape}, expected ({y_true.shape[1]},)")
+    if counts is None:
+        counts = bootstrap_block_counts(y_true.shape[0], block, n_boot, seed)
+    return bootstrap_region_scores(y_true, y_pred, {"voxels": mask}, counts, block=block, ci=ci)["voxels"]
+
+
+def bootstrap_region_scores(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    masks: dict[str, np.ndarray],
+    counts: np.ndarray,
+    block: int = DEFAULT_BLOCK,
+    ci: float = 0.95,
+) -> dict[str, BootstrapCI]:
+    """:func:`bootstrap_score_ci` for several voxel sets at once, on the same draws.
+
+    Each voxel's replicate r is computed once and averaged over every mask, so
+    scoring the whole brain, its regions and their ceiling voxels costs about
+    one bootstrap instead of one per set; the result for each mask equals
+    :func:`bootstrap_score_ci` with ``voxels=mask`` and the same ``counts``.
+
+    Parameters
+    ----------
+    y_true, y_pred : array (n_trs, n_voxels)
+    masks : dict name -> bool array (n_voxels,)
+        Voxel sets; voxels constant in either array are left out of each.
+    counts : int array (n_boot, n_blocks)
+        The draws (:func:`bootstrap_block_counts`).
+    block : int
+    ci : float in (0, 1)
+
+    Returns
+    -------
+    dict name -> BootstrapCI, in the order of ``masks``
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> s = rng.standard_normal((300, 40))
+    >>> p = s + rng.standard_normal((300, 40))
+    >>> halves = {"left": np.arange(40) < 20, "right": np.arange(40) >= 20}
+    >>> c = bootstrap_block_counts(300, 10, n_boot=100, seed=0)
+    >>> both = bootstrap_region_scores(s, p, halves, c, block=10)
+    >>> one = bootstrap_score_ci(s, p, block=10, voxels=halves["left"], counts=c)
+    >>> bool(np.allclose(both["left"].replicates, one.replicates))
+    True
+    """
+    y_true, y_pred = check_pair(y_true, y_pred)
     if not 0 < ci < 1:
         raise ValueError(f"ci must lie in (0, 1), got {ci}")
     n_trs, n_voxels = y_true.shape
-    if counts is None:
-        counts = bootstrap_block_counts(n_trs, block, n_boot, seed)
     counts = np.asarray(counts, dtype=float)
     starts = np.arange(0, n_trs, block)
     n_blocks = len(starts)
     if counts.ndim != 2 or counts.shape[1] != n_blocks or counts.shape[0] < 2:
         raise ValueError(f"counts has shape {counts.shape}, expected (n_boot >= 2, {n_blocks}) for "
                          f"{n_trs} TRs in blocks of {block}")
+    if not masks:
+        raise ValueError("bootstrap_region_scores: no voxel set given")
     n_boot = counts.shape[0]
     _, bad_true = _standardise_columns(y_true)
     _, bad_pred = _standardise_columns(y_pred)
-    valid = ~(bad_true | bad_pred)
-    if voxels is not None:
-        voxels = np.asarray(voxels, dtype=bool)
-        if voxels.shape != (n_voxels,):
-            raise ValueError(f"voxels mask has shape {voxels.shape}, expected ({n_voxels},)")
-        valid &= voxels
-    if not valid.any():
-        raise ValueError("bootstrap_score_ci: no valid voxel to average over")
-    x = y_true[:, valid]
-    y = y_pred[:, valid]
+    usable = ~(bad_true | bad_pred)
+    names = list(masks)
+    member = np.empty((n_voxels, len(names)), dtype=bool)
+    for k, name in enumerate(names):
+        mask = np.asarray(masks[name], dtype=bool)
+        if mask.shape != (n_voxels,):
+            raise ValueError(f"voxel set {name!r} has shape {mask.shape}, expected ({n_voxels},)")
+        member[:, k] = mask & usable
+        if not member[:, k].any():
+            raise ValueError(f"bootstrap_region_scores: no valid voxel to average over in {name!r}")
+    used = member.any(axis=1)
+    weights = member[used].astype(float)  # (voxels used, sets): a mean over a set is a product with its column
+    x = y_true[:, used]
+    y = y_pred[:, used]
     # Centring first keeps the sums-of-products formula numerically stable.
     x = x - x.mean(axis=0)
     y = y - y.mean(axis=0)
 
     lengths = np.diff(np.append(starts, n_trs)).astype(float)
     sums = [np.add.reduceat(a, starts, axis=0) for a in (x, y, x * x, y * y, x * y)]
-    replicates = np.empty(n_boot)
+    replicates = np.empty((n_boot, len(names)))
     chunk = max(1, MAX_CHUNK_ELEMENTS // (5 * x.shape[1]))
+    sum_x, sum_y, sum_xx, sum_yy, sum_xy = sums
     for start in range(0, n_boot, chunk):
         c = counts[start:start + chunk]
-        n = c @ lengths
-        sx, sy, sxx, syy, sxy = (c @ s for s in sums)
-        n = n[:, None]
-        cov = sxy - sx * sy / n
-        var_x = sxx - sx**2 / n
-        var_y = syy - sy**2 / n
+        inverse_n = 1.0 / (c @ lengths)[:, None]
+        # r = (Sxy - Sx Sy / n) / sqrt((Sxx - Sx^2 / n)(Syy - Sy^2 / n)), in place: the arrays are
+        # replicates x voxels, and fresh temporaries of that size cost more than the arithmetic
+        sx, sy = c @ sum_x, c @ sum_y
+        r = c @ sum_xy
+        centring = sx * sy
+        centring *= inverse_n
+        r -= centring
+        var_x, var_y = c @ sum_xx, c @ sum_yy  # sums of squares, centred below
+        np.multiply(sx, sx, out=sx)
+        sx *= inverse_n
+        np.multiply(sy, sy, out=sy)
+        sy *= inverse_n
+        # A series constant over a replicate's rows is left with a variance of rounding size, not 0:
+        # call it constant (r undefined) when centring removes all but a tiny share of its sum of squares.
+        flat = sx >= (1.0 - CONSTANT_TOLERANCE) * var_x
+        flat |= sy >= (1.0 - CONSTANT_TOLERANCE) * var_y
+        var_x -= sx
+        var_y -= sy
+        var_x *= var_y
         with np.errstate(divide="ignore", invalid="ignore"):
-            r = cov / np.sqrt(var_x * var_y)
-        # A replicate can make a voxel constant (rare): leave it out of that mean.
-        replicates[start:start + chunk] = np.nanmean(np.where(np.isfinite(r), r, np.nan), axis=1)
+            np.sqrt(var_x, out=var_x)
+            r /= var_x
+        r[flat] = np.nan
+        # A replicate can make a voxel constant (rare): leave it out of that replicate's means.
+        finite = np.isfinite(r)
+        if finite.all():
+            counted = weights.sum(0)
+        else:
+            r[~finite] = 0.0
+            counted = finite @ weights
+        with np.errstate(divide="ignore", invalid="ignore"):
+            replicates[start:start + chunk] = (r @ weights) / counted
 
-    estimate = float(np.mean((x * y).sum(0) / np.sqrt((x * x).sum(0) * (y * y).sum(0))))
+    voxel_r = (x * y).sum(0) / np.sqrt((x * x).sum(0) * (y * y).sum(0))
+    estimates = (voxel_r @ weights) / weights.sum(0)
     tail = (1.0 - ci) / 2.0
-    quantile_low, quantile_high = np.quantile(replicates, [tail, 1.0 - tail])
-    # Basic (reflected) interval: r is biased towards 0 on short autocorrelated series and the replicates
-    # repeat that bias, so reflecting about the estimate removes it (Davison & Hinkley 1997, eq. 5.6).
-    low, high = 2.0 * estimate - quantile_high, 2.0 * estimate - quantile_low
-    return BootstrapCI(
-        estimate=estimate, ci_low=float(low), ci_high=float(high), replicates=replicates, ci=ci, block=block
-    )
+    quantiles = np.quantile(replicates, [tail, 1.0 - tail], axis=0)
+    results = {}
+    for k, name in enumerate(names):
+        estimate = float(estimates[k])
+        # Basic (reflected) interval: r is biased towards 0 on short autocorrelated series and the replicates
+        # repeat that bias, so reflecting about the estimate removes it (Davison & Hinkley 1997, eq. 5.6).
+        results[name] = BootstrapCI(
+            estimate=estimate, ci_low=float(2.0 * estimate - quantiles[1, k]),
+            ci_high=float(2.0 * estimate - quantiles[0, k]), replicates=replicates[:, k].copy(), ci=ci,
+            block=block)
+    return results
 
 
 # --------------------------------------------------------------------------- split-half ceiling

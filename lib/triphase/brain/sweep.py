@@ -63,9 +63,10 @@ from triphase.brain.statistics import (
     MIN_BLOCK,
     MIN_BLOCKS,
     MIN_SPLIT_REPEATS,
+    BootstrapCI,
     SplitHalfCeiling,
     bootstrap_block_counts,
-    bootstrap_score_ci,
+    bootstrap_region_scores,
     choose_block_length,
     circular_shift_test,
     fdr_bh,
@@ -82,7 +83,8 @@ from triphase.models.loading import load_checkpoint, release, resolve_device
 from triphase.models.series import get_series
 
 #: Bump when the scores' computation changes (keys the per-checkpoint cache).
-BRAIN_RESULTS_VERSION = 4
+#: 5: a voxel constant over a bootstrap replicate's rows is left out of that replicate (was: r of rounding noise).
+BRAIN_RESULTS_VERSION = 5
 #: Control feature sets (label -> description), besides the model's own features ("model").
 CONTROLS = {
     "shuffled-stories": "TR-level design of another story (misaligned in time)",
@@ -190,26 +192,31 @@ class BrainData:
 
 
 # --------------------------------------------------------------------------- one fit
-def _ceiling_columns(row: dict, voxel_r: np.ndarray, region_valid: np.ndarray, data: BrainData,
-                     prediction: np.ndarray, block: int, counts: np.ndarray) -> None:
-    """Normalised score over the independently chosen ceiling voxels of a region (in place)."""
+def _ceiling_voxels(data: BrainData, region_valid: np.ndarray) -> np.ndarray | None:
+    """The region's valid voxels chosen on independent repeats for the ceiling, or None without a split."""
+    return None if data.split_ceiling is None else region_valid & data.split_ceiling.selected
+
+
+def _ceiling_columns(row: dict, voxel_r: np.ndarray, chosen: np.ndarray | None, data: BrainData,
+                     boot: BootstrapCI | None) -> None:
+    """Normalised score over the independently chosen ceiling voxels of a region (in place).
+
+    ``boot`` is the bootstrap of the mean r over ``chosen`` (None when no voxel is chosen).
+    """
     nan = float("nan")
     row.update(n_ceiling_voxels=0, score_ceiling_voxels=nan, ceiling_mean=nan, score_ceiling_normalised=nan,
                ci_low_ceiling_normalised=nan, ci_high_ceiling_normalised=nan)
-    split = data.split_ceiling
-    if split is None:
+    if chosen is None:
         return
-    chosen = region_valid & split.selected
     row["n_ceiling_voxels"] = int(chosen.sum())
     if not chosen.any():
         return
-    ceiling_mean = float(split.cc_max[chosen].mean())
+    ceiling_mean = float(data.split_ceiling.cc_max[chosen].mean())
     row["score_ceiling_voxels"] = float(voxel_r[chosen].mean())
     row["ceiling_mean"] = ceiling_mean
     row["score_ceiling_normalised"] = row["score_ceiling_voxels"] / ceiling_mean
     # The denominator comes from the other half of the repeats and is held fixed: the interval is the
     # paired bootstrap interval of the numerator, scaled.
-    boot = bootstrap_score_ci(data.y_test, prediction, block=block, voxels=chosen, counts=counts)
     row["ci_low_ceiling_normalised"] = boot.ci_low / ceiling_mean
     row["ci_high_ceiling_normalised"] = boot.ci_high / ceiling_mean
 
@@ -268,17 +275,25 @@ def evaluate_design(
     significant, _ = fdr_bh(pvalues, q)  # corrected over the whole brain
     # One set of draws for every region and design (and, through the seed, every checkpoint): paired replicates.
     counts = bootstrap_block_counts(data.y_test.shape[0], block, n_boot, seed)
+    region_masks = data.region_masks()
+    valid_of = {region: mask & np.isfinite(voxel_r) for region, mask in region_masks.items()}
+    chosen_of = {region: _ceiling_voxels(data, valid) for region, valid in valid_of.items()}
+    # Every region and its ceiling voxels in one pass over the draws (each voxel's replicate r is computed once).
+    boot_sets = {("score", region): valid for region, valid in valid_of.items() if valid.any()}
+    boot_sets.update({("ceiling", region): chosen for region, chosen in chosen_of.items()
+                      if chosen is not None and chosen.any()})
+    boots = bootstrap_region_scores(data.y_test, prediction, boot_sets, counts, block=block) if boot_sets else {}
     rows, replicates = [], {}
-    for region, mask in data.region_masks().items():
-        valid = mask & np.isfinite(voxel_r)
+    for region, mask in region_masks.items():
+        valid = valid_of[region]
         row = scores.loc[scores["region"] == region].iloc[0].to_dict()
-        if valid.sum() >= 1:
-            boot = bootstrap_score_ci(data.y_test, prediction, block=block, voxels=valid, counts=counts)
+        boot = boots.get(("score", region))
+        if boot is not None:
             row["ci_low"], row["ci_high"] = boot.ci_low, boot.ci_high
             replicates[region] = boot.replicates
         else:
             row["ci_low"] = row["ci_high"] = float("nan")
-        _ceiling_columns(row, voxel_r, valid, data, prediction, block, counts)
+        _ceiling_columns(row, voxel_r, chosen_of[region], data, boots.get(("ceiling", region)))
         row["frac_significant"] = float(significant[valid].mean()) if valid.any() else float("nan")
         row["n_significant"] = int(significant[valid].sum())
         cv = model.cv_scores_[valid]

@@ -179,6 +179,18 @@ def _cache_argument(model) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def _logits_argument(model) -> str | None:
+    """Name of the argument that limits the LM head to the last positions, or None where the model has none.
+
+    ``logits_to_keep`` (transformers >= 4.50) or ``num_logits_to_keep`` (4.45-4.49). Scoring needs the
+    logits of a few positions only; the full ``(batch, length, vocabulary)`` tensor costs an LM head
+    over every position and a copy that, for a real model's vocabulary, is larger than the model's
+    hidden states.
+    """
+    params = inspect.signature(model.forward).parameters
+    return next((name for name in ("logits_to_keep", "num_logits_to_keep") if name in params), None)
+
+
 def _greedy_batch(model, tokenizer, input_ids, attention, max_new_tokens, stop, eos_id):
     """Greedy loop with a key-value cache; positions count real tokens only (left padding)."""
     # deferred: torch and transformers take seconds to import; listing, checks and cached re-runs never need them
@@ -190,11 +202,13 @@ def _greedy_batch(model, tokenizer, input_ids, attention, max_new_tokens, stop, 
     position_ids = (attention.cumsum(-1) - 1).clamp(min=0)
     past = None
     cache_arg = _cache_argument(model)
+    # left padding: every row's next token is predicted at the last position
+    last_only = {name: 1 for name in [_logits_argument(model)] if name}
     step_ids = input_ids
     with torch.inference_mode():
         for _ in range(max_new_tokens):
             out = model(input_ids=step_ids, attention_mask=attention, position_ids=position_ids,
-                        use_cache=True, **{cache_arg: past})
+                        use_cache=True, **{cache_arg: past}, **last_only)
             past = out[cache_arg] if cache_arg in out else out.past_key_values
             next_ids = out.logits[:, -1, :].argmax(-1)
             for row in range(batch):
@@ -308,6 +322,7 @@ def option_loglikelihoods(model, tokenizer, contexts: Sequence[str], options: Se
     order = sorted(range(len(inputs)), key=lambda k: -len(inputs[k]))
     batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
     pad_id = _pad_id(tokenizer)
+    keep_argument = _logits_argument(model)
     with torch.inference_mode():
         for batch in tqdm(batches, desc="option log-likelihoods", disable=not progress, leave=False):
             width = max(len(inputs[k]) for k in batch)
@@ -317,15 +332,19 @@ def option_loglikelihoods(model, tokenizer, contexts: Sequence[str], options: Se
                 inp = inputs[k]
                 ids[row, :len(inp)] = torch.tensor(inp)  # right padding: real positions unchanged
                 mask[row, :len(inp)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu()
+            # logits at position t predict token t+1: the continuation's tokens are predicted by the last
+            # n_cont positions of the (unpadded) input; the LM head runs from the first such position on
+            first_needed = min(len(inputs[k]) - max(len(cont) for _, _, cont in readers[inputs[k]]) for k in batch)
+            kept = width - first_needed if keep_argument else width
+            keep = {keep_argument: kept} if keep_argument else {}
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **keep).logits
+            logprobs = torch.log_softmax(logits[:, -kept:].float(), dim=-1).cpu()
+            offset = width - kept  # position t of the input is row t - offset of the kept logits
             for row, k in enumerate(batch):
                 n_inp = len(inputs[k])
                 for i, j, cont in readers[inputs[k]]:
                     n_cont = len(cont)
-                    # logits at position t predict token t+1: the continuation's tokens are
-                    # predicted by the last n_cont positions of the (unpadded) input
-                    positions = torch.arange(n_inp - n_cont, n_inp)
+                    positions = torch.arange(n_inp - n_cont, n_inp) - offset
                     picked = logprobs[row, positions, torch.tensor(cont)]
                     out[i][j] = float(picked.sum())
     return out

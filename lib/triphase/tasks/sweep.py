@@ -70,7 +70,8 @@ DEFAULT_N_ITEMS = 200
 DEFAULT_FEW_SHOT = (0, 2)
 #: Bump when per-item scoring changes (keys the per-checkpoint cache).
 #: 2: few-shot examples separated by the model's end-of-text token; chance levels per item.
-TASKS_RESULTS_VERSION = 2
+#: 3: the LM head runs on the scored positions only (the same values up to rounding).
+TASKS_RESULTS_VERSION = 3
 TASK_PRESETS_FILE = "tasks.yaml"
 SAMPLES_FILE = "tasks_samples.parquet"
 ITEMS_FILE = "tasks_items.parquet"
