@@ -90,8 +90,6 @@ SWEEP_ARGUMENTS = {
 GPU_RESOURCE = "GPU"
 #: environment a worker takes over from the driver: where the caches are and whether to go online
 FORWARDED_ENVIRONMENT = ("HF_HOME", "HF_HUB_CACHE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
-#: Dask's setting for the environment variables a nanny sets before it starts a worker
-NANNY_ENVIRONMENT = "distributed.nanny.pre-spawn-environ"
 _WORKER_INDEX = re.compile(r"-(\d+)$")
 
 
@@ -296,28 +294,9 @@ def slurm_cluster(spec: dict):
     return SLURMCluster(**kwargs)
 
 
-def nanny_environment() -> dict:
-    """The environment Dask's nanny gives a local worker before it starts, without ``MALLOC_TRIM_THRESHOLD_``.
-
-    Dask sets ``MALLOC_TRIM_THRESHOLD_`` to return freed memory to the system
-    sooner; setting it also switches off glibc's adaptive mmap threshold, so
-    every large numpy temporary is mapped and faulted in anew. The brain fits
-    allocate many: on the default run's local cluster of two workers, the
-    units of step1 and step2 took 48 and 53 s with it and 35 and 39 s without.
-    The other variables (one BLAS and OpenMP thread per worker) are kept.
-    """
-    # deferred: optional dependency (Dask), imported only when a run asks for a cluster
-    import dask
-    import distributed  # noqa: F401  (registers the distributed.* defaults)
-
-    return {name: str(value) for name, value in dask.config.get(NANNY_ENVIRONMENT, {}).items()
-            if name != "MALLOC_TRIM_THRESHOLD_"}
-
-
 def _start_client(scheduler: dict, n_units: int):
     """A Dask client (and the cluster it owns, or None) for a normalised scheduler spec."""
     # deferred: optional dependency (Dask), imported only when a run asks for a cluster
-    import dask
     from distributed import Client, LocalCluster
 
     if scheduler["kind"] == "address":
@@ -330,8 +309,7 @@ def _start_client(scheduler: dict, n_units: int):
         for key in ("memory_limit", "dashboard_address"):
             if scheduler.get(key):
                 options[key] = scheduler[key]
-        with dask.config.set({NANNY_ENVIRONMENT: nanny_environment()}):
-            cluster = LocalCluster(**options)
+        cluster = LocalCluster(**options)
         return Client(cluster), cluster
     cluster = slurm_cluster(scheduler)
     if "jobs" in scheduler:
