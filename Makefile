@@ -26,6 +26,8 @@ TEST_STAMP := $(VENV)/.triphase-test-installed
 # package's dependencies where pip takes about 2 minutes on the project's machine; when uv cannot be had
 # or fails, pip does the install. `make INSTALLER=pip` skips uv.
 INSTALLER ?= uv
+# in a variable: $(call) would split its argument at a literal comma
+TEST_EXTRAS := test,real
 define install_package
 	if [ "$(INSTALLER)" = uv ] && $(PY) -m pip install --quiet uv && $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) $(1); \
 	then :; else $(PY) -m pip install --quiet $(1); fi
@@ -52,7 +54,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(call install_package,-e ".[test,real]")
+	$(call install_package,-e ".[$(TEST_EXTRAS)]")
 	touch $(TEST_STAMP)
 
 build: $(STAMP)
