@@ -22,9 +22,9 @@ CONFIG ?= default
 STAMP := $(VENV)/.triphase-installed
 TEST_STAMP := $(VENV)/.triphase-test-installed
 # How the package and its dependencies are installed (torch, above, always by pip: it finds the local CPU
-# wheel). `uv` (installed into the environment first) resolves, downloads and compiles in parallel: about 20 s for the
-# package's dependencies where pip takes about 2 minutes on the project's machine; when uv cannot be had
-# or fails, pip does the install. `make INSTALLER=pip` skips uv.
+# wheel). `uv` (installed into the environment first) resolves, downloads and compiles in parallel: about
+# 40 s for the package's dependencies where pip took 60-120 s on the project's machine; when uv cannot be
+# had or fails, pip does the install. `make INSTALLER=pip` skips uv.
 INSTALLER ?= uv
 # in a variable: $(call) would split its argument at a literal comma
 TEST_EXTRAS := test,real
