@@ -203,7 +203,8 @@ def _greedy_batch(model, tokenizer, input_ids, attention, max_new_tokens, stop, 
     past = None
     cache_arg = _cache_argument(model)
     # left padding: every row's next token is predicted at the last position
-    last_only = {name: 1 for name in [_logits_argument(model)] if name}
+    keep_argument = _logits_argument(model)
+    last_only = {keep_argument: 1} if keep_argument else {}
     step_ids = input_ids
     with torch.inference_mode():
         for _ in range(max_new_tokens):
